@@ -1,0 +1,34 @@
+# totes-cdc — the two commands a newcomer needs are `make run` and `make test`.
+CARGO ?= cargo
+
+.PHONY: run test build lint bench deps clean
+
+## run: the whole pipeline on a laptop, on generated totesys data (Ctrl-C stops it)
+run: deps
+	$(CARGO) build --release --bin totes-cdc
+	./scripts/run-local.sh
+
+## test: every test, against real PostgreSQL servers the tests start themselves
+test: deps
+	$(CARGO) test --no-fail-fast
+
+## build: the release binary (target/release/totes-cdc)
+build:
+	$(CARGO) build --release --bin totes-cdc
+
+## lint: formatting and clippy, warnings are errors
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+## bench: throughput against the physical limit (pg_recvlogical), written to BENCHMARKS.md
+bench: deps
+	$(CARGO) build --release --bin totes-cdc
+	./scripts/bench-capture.sh
+
+deps:
+	@./scripts/deps.sh
+
+clean:
+	@./scripts/run-local.sh --stop 2>/dev/null || true
+	rm -rf ./data

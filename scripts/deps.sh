@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what the tests and `make run` need when it is missing: the PostgreSQL 15 server
+# binaries (Debian package postgresql-15). Idempotent; quiet when everything is there.
+set -euo pipefail
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    echo "need root to install packages: $*" >&2; exit 1; fi
+}
+
+pg_bin=""
+for d in "${TOTES_CDC_PG_BIN:-}" /usr/lib/postgresql/15/bin; do
+  if [ -n "$d" ] && [ -x "$d/initdb" ]; then pg_bin="$d"; break; fi
+done
+if [ -z "$pg_bin" ]; then
+  echo "installing postgresql-15 (server binaries for the tests)..." >&2
+  as_root apt-get update -qq
+  # Do not let the package start a system-wide server: the tests start their own clusters.
+  as_root sh -c 'printf "#!/bin/sh\nexit 101\n" > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d'
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 postgresql-client-15 >/dev/null
+fi

@@ -1,0 +1,431 @@
+//! Capture: from a logical replication slot (pgoutput) to ordered change events, starting with
+//! a consistent initial snapshot, confirming to the server only what the sink made durable.
+
+pub mod catalog;
+pub mod copy_text;
+mod error;
+pub mod heartbeat;
+pub mod pgoutput;
+pub mod preflight;
+pub mod slot;
+pub mod snapshot;
+pub mod state;
+pub mod stream;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pgwire_replication::{PgWireError, ReplicationClient};
+use tokio::sync::watch;
+
+pub use error::CaptureError;
+
+use crate::event::Lsn;
+use crate::pg::{sqlstate_of, PgUrl};
+use crate::transport::SinkSender;
+use catalog::{Catalog, TableName};
+use snapshot::{run_snapshot, SnapshotJob};
+use state::{SnapshotState, StateFile};
+use stream::{CaptureStats, SessionEnd, SessionError, Streamer};
+
+/// When to take the initial snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotMode {
+    /// When the slot is created, and to finish one a crash interrupted.
+    Initial,
+    /// Never: stream changes only.
+    Never,
+}
+
+#[derive(Debug, Clone)]
+pub struct CaptureConfig {
+    pub source: PgUrl,
+    pub slot: String,
+    pub publication: String,
+    /// Narrow capture to these tables of the publication.
+    pub tables: Option<Vec<TableName>>,
+    pub state_dir: PathBuf,
+    pub snapshot: SnapshotMode,
+    pub snapshot_parallelism: usize,
+    /// Interval of the transactional heartbeat; `None` turns it off.
+    pub heartbeat: Option<Duration>,
+    /// How often confirmed positions are reported to the server.
+    pub status_interval: Duration,
+    /// Bound of the channel from the replication connection.
+    pub buffer_events: usize,
+    /// How long shutdown waits for the sink to acknowledge what is in flight.
+    pub drain_timeout: Duration,
+}
+
+/// Runs capture until `shutdown` turns true (then drains, confirms and returns `Ok`) or a
+/// permanent error. Transient failures (server restart, dropped connection) are retried with
+/// backoff from the last confirmed position.
+pub async fn run(
+    cfg: CaptureConfig,
+    mut sink: SinkSender,
+    mut shutdown: watch::Receiver<bool>,
+    stats: Arc<CaptureStats>,
+) -> Result<(), CaptureError> {
+    slot::validate_slot_name(&cfg.slot)?;
+    let url = &cfg.source;
+    let control = url.connect().await?;
+    preflight::check_wal_level(&control, url).await?;
+    preflight::check_replication_role(&control, url).await?;
+    let tables =
+        preflight::captured_tables(&control, url, &cfg.publication, cfg.tables.as_deref()).await?;
+    preflight::check_tables(&control, url, &tables).await?;
+    let allowed: Option<HashSet<TableName>> =
+        cfg.tables.as_ref().map(|t| t.iter().cloned().collect());
+
+    let mut catalog = Catalog::new(url.clone(), control);
+    let state_file = StateFile::new(&cfg.state_dir, &cfg.slot);
+    let repl = url
+        .replication_config(&cfg.slot, &cfg.publication)
+        .with_status_interval(cfg.status_interval)
+        .with_wakeup_interval(cfg.status_interval)
+        .with_buffer_size(cfg.buffer_events);
+
+    let existing = slot::slot_info(catalog.client(), url, &cfg.slot).await?;
+    let (mut client, confirmed) = match existing {
+        None => {
+            // New slot: its exported snapshot is what the copy reads, so the stream that starts
+            // at its consistent point continues exactly where the copy ends.
+            let mut client = ReplicationClient::connect_gated(repl.clone())
+                .await
+                .map_err(|e| replication_error(e, &cfg))?;
+            let export = if cfg.snapshot == SnapshotMode::Initial {
+                "(SNAPSHOT 'export')"
+            } else {
+                "(SNAPSHOT 'nothing')"
+            };
+            let rows = client
+                .simple_query(&format!(
+                    "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput {export}",
+                    cfg.slot
+                ))
+                .await
+                .map_err(|e| replication_error(e, &cfg))?;
+            let text = |i: usize| -> Option<String> {
+                rows.first()
+                    .and_then(|r| r.get(i).cloned().flatten())
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+            };
+            let cp =
+                text(1)
+                    .and_then(|s| Lsn::parse(&s).ok())
+                    .ok_or_else(|| CaptureError::Stream {
+                        message: "CREATE_REPLICATION_SLOT returned no consistent point".into(),
+                        hint: "check the server log".into(),
+                    })?;
+            tracing::info!(slot = %cfg.slot, consistent_point = %cp, "replication slot created");
+            if cfg.snapshot == SnapshotMode::Initial {
+                let mut state = SnapshotState {
+                    slot: cfg.slot.clone(),
+                    consistent_point: cp.to_string(),
+                    ..Default::default()
+                };
+                state_file.store(&state)?;
+                let mut schemas = Vec::new();
+                for t in &tables {
+                    schemas.push(catalog.table_schema(t, &cfg.publication).await?);
+                }
+                let job = SnapshotJob {
+                    url: url.clone(),
+                    tables: schemas,
+                    snapshot_name: text(2),
+                    consistent_point: cp,
+                    parallelism: cfg.snapshot_parallelism,
+                };
+                run_snapshot(job, &mut sink, &state_file, &mut state).await?;
+            }
+            client
+                .start()
+                .await
+                .map_err(|e| replication_error(e, &cfg))?;
+            (client, cp)
+        }
+        Some(info) => {
+            slot::check_slot(&cfg.slot, &info, &url.database())?;
+            let confirmed = info.confirmed_flush_lsn.unwrap_or_default();
+            if cfg.snapshot == SnapshotMode::Initial {
+                let state = state_file.load()?;
+                let (mut state, todo) = unfinished_tables(state, &cfg.slot, confirmed, &tables);
+                if !todo.is_empty() {
+                    tracing::warn!(
+                        tables = todo.len(),
+                        "the initial snapshot did not finish (or its record is gone): copying the unfinished tables again under a fresh snapshot"
+                    );
+                    let mut schemas = Vec::new();
+                    for t in &todo {
+                        schemas.push(catalog.table_schema(t, &cfg.publication).await?);
+                    }
+                    let job = SnapshotJob {
+                        url: url.clone(),
+                        tables: schemas,
+                        snapshot_name: None,
+                        consistent_point: Lsn::parse(&state.consistent_point).unwrap_or(confirmed),
+                        parallelism: cfg.snapshot_parallelism,
+                    };
+                    run_snapshot(job, &mut sink, &state_file, &mut state).await?;
+                } else if !state.complete {
+                    state.complete = true;
+                    state_file.store(&state)?;
+                }
+            }
+            let client = ReplicationClient::connect(repl.clone().with_ack_lsn(confirmed))
+                .await
+                .map_err(|e| replication_error(e, &cfg))?;
+            (client, confirmed)
+        }
+    };
+
+    let heartbeat_ok = Arc::new(AtomicBool::new(true));
+    let heartbeat = cfg.heartbeat.map(|interval| {
+        tokio::spawn(heartbeat::run(
+            url.clone(),
+            interval,
+            shutdown.clone(),
+            heartbeat_ok.clone(),
+        ))
+    });
+
+    let mut streamer = Streamer::new(catalog, allowed, confirmed, stats.clone());
+    let mut backoff = Backoff::new();
+    let result = loop {
+        let started = tokio::time::Instant::now();
+        let end = match client.wait_started().await {
+            Ok(()) => {
+                tracing::info!(slot = %cfg.slot, from = %streamer.confirmed(), "streaming changes");
+                streamer
+                    .run_session(&mut client, &mut sink, &mut shutdown)
+                    .await
+            }
+            Err(e) => Err(SessionError::Replication(e)),
+        };
+        let err = match end {
+            Ok(SessionEnd::Shutdown) => {
+                break drain(&cfg, &mut streamer, &mut client, &mut sink).await;
+            }
+            Ok(SessionEnd::Closed) => CaptureError::Stream {
+                message: "the server ended the replication stream".into(),
+                hint: "reconnecting".into(),
+            },
+            Err(SessionError::Capture(e)) => {
+                if !e.is_transient() {
+                    break Err(e);
+                }
+                e
+            }
+            Err(SessionError::Replication(e)) => {
+                let transient = replication_is_transient(&e);
+                let e = replication_error(e, &cfg);
+                if !transient {
+                    break Err(e);
+                }
+                e
+            }
+        };
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff = Backoff::new();
+        }
+        let delay = backoff.next_delay();
+        tracing::warn!(
+            "replication interrupted, retrying in {:.1}s from {}: {err}",
+            delay.as_secs_f64(),
+            streamer.confirmed()
+        );
+        stats
+            .reconnects
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        client.abort();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.changed() => {
+                break drain_without_session(&cfg, &mut sink).await;
+            }
+        }
+        let from = streamer.confirmed();
+        client =
+            match ReplicationClient::connect(repl.clone().with_start_lsn(from).with_ack_lsn(from))
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => break Err(replication_error(e, &cfg)),
+            };
+    };
+    if let Some(h) = heartbeat {
+        h.abort();
+    }
+    result
+}
+
+/// Which tables still need copying: all of them unless a state for this slot incarnation
+/// records some as done.
+fn unfinished_tables(
+    state: Option<SnapshotState>,
+    slot: &str,
+    confirmed: Lsn,
+    tables: &[TableName],
+) -> (SnapshotState, Vec<TableName>) {
+    match state {
+        Some(s) if s.slot == slot && s.complete => (s, Vec::new()),
+        Some(s) if s.slot == slot && Lsn::parse(&s.consistent_point).ok() == Some(confirmed) => {
+            let todo = tables
+                .iter()
+                .filter(|t| !s.done_tables.contains(&t.to_string()))
+                .cloned()
+                .collect();
+            (s, todo)
+        }
+        _ => (
+            SnapshotState {
+                slot: slot.into(),
+                consistent_point: confirmed.to_string(),
+                ..Default::default()
+            },
+            tables.to_vec(),
+        ),
+    }
+}
+
+/// After shutdown was requested: wait for the sink to acknowledge what is in flight, confirm
+/// it, and make sure the server received the confirmation before ending the session.
+async fn drain(
+    cfg: &CaptureConfig,
+    streamer: &mut Streamer,
+    client: &mut ReplicationClient,
+    sink: &mut SinkSender,
+) -> Result<(), CaptureError> {
+    let deadline = tokio::time::Instant::now() + cfg.drain_timeout;
+    while !sink.idle() {
+        tokio::select! {
+            r = sink.ack_watch().changed() => if r.is_err() { break },
+            _ = tokio::time::sleep_until(deadline) => {
+                tracing::warn!(
+                    "shutdown: the sink did not acknowledge everything within {:?}; the rest is re-sent on restart",
+                    cfg.drain_timeout
+                );
+                break;
+            }
+        }
+        streamer.confirm_acked(client, sink);
+    }
+    streamer.confirm_acked(client, sink);
+    let target = streamer.confirmed();
+    let metrics = client.metrics();
+    let deadline = tokio::time::Instant::now() + cfg.status_interval * 3 + Duration::from_secs(1);
+    while metrics.last_applied_lsn() < target && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::info!(confirmed = %target, "shutdown: position confirmed");
+    client.stop();
+    let _ = tokio::time::timeout(Duration::from_secs(5), client.shutdown()).await;
+    Ok(())
+}
+
+/// Shutdown while disconnected: nothing can be confirmed now; in-flight events are re-sent on
+/// the next start.
+async fn drain_without_session(
+    cfg: &CaptureConfig,
+    sink: &mut SinkSender,
+) -> Result<(), CaptureError> {
+    let _ = tokio::time::timeout(cfg.drain_timeout, async {
+        while !sink.idle() {
+            if sink.ack_watch().changed().await.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    Ok(())
+}
+
+fn replication_is_transient(e: &PgWireError) -> bool {
+    match e {
+        PgWireError::Io(_) | PgWireError::Task(_) | PgWireError::Protocol(_) => true,
+        PgWireError::Server(msg) => matches!(
+            sqlstate_of(msg),
+            Some(c) if c.starts_with("08") || c.starts_with("53") || c.starts_with("57P") || c == "55006" || c == "XX000"
+        ),
+        _ => false,
+    }
+}
+
+/// A replication error with the cause and fix spelled out.
+fn replication_error(e: PgWireError, cfg: &CaptureConfig) -> CaptureError {
+    let url = &cfg.source;
+    let (message, hint) = match &e {
+        PgWireError::Auth(m) => (
+            format!("authentication failed for user \"{}\": {m}", url.user()),
+            format!("check the user and password in {}", url.what()),
+        ),
+        PgWireError::Io(io) => (
+            format!("cannot reach {}: {io}", url.target()),
+            "check that the server is running; totes-cdc retries".into(),
+        ),
+        PgWireError::Server(m) => {
+            let hint = match sqlstate_of(m) {
+                Some("42704") => format!(
+                    "the slot \"{}\" or publication \"{}\" is gone; run `totes-cdc setup`, and `totes-cdc resync` to recreate the slot",
+                    cfg.slot, cfg.publication
+                ),
+                Some("55006") => format!(
+                    "another process holds the slot \"{}\" (one streamer per slot); it is retried until that process ends",
+                    cfg.slot
+                ),
+                Some("55000") => format!(
+                    "the slot \"{}\" cannot be used (invalidated?); recover with `totes-cdc resync`",
+                    cfg.slot
+                ),
+                Some("42501") => format!(
+                    "grant replication to the role: ALTER ROLE {} REPLICATION;",
+                    url.user()
+                ),
+                Some("53300") => "the server has no free replication connections; raise max_wal_senders (restart needed)".into(),
+                _ => "see the server log for details".into(),
+            };
+            (m.clone(), hint)
+        }
+        other => (other.to_string(), "see the log for details".into()),
+    };
+    if let PgWireError::Server(m) = &e {
+        if sqlstate_of(m) == Some("55000") && m.contains("invalidated") {
+            return CaptureError::SlotLost {
+                slot: cfg.slot.clone(),
+            };
+        }
+    }
+    CaptureError::Stream { message, hint }
+}
+
+/// Exponential backoff with jitter: 100 ms doubling up to 30 s.
+pub struct Backoff {
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn new() -> Self {
+        Self { attempt: 0 }
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let base = 100u64.saturating_mul(1 << self.attempt.min(9)).min(30_000);
+        self.attempt += 1;
+        // Jitter from the clock's low bits: enough to keep replicas from retrying in step.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() as u64)
+            .unwrap_or(0);
+        Duration::from_millis(base / 2 + nanos % (base / 2 + 1))
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,55 @@
+//! `totes-cdc stream`: capture into a sink (stdout and null here; Kinesis in production).
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use tokio::sync::watch;
+
+use crate::capture::stream::CaptureStats;
+use crate::capture::{self, CaptureConfig};
+use crate::config::{CaptureArgs, SinkKind, SourceArgs, StreamArgs};
+use crate::pg::PgUrl;
+use crate::transport;
+
+/// The capture settings shared by every role that captures.
+pub fn capture_config(source: &SourceArgs, capture: &CaptureArgs) -> Result<CaptureConfig> {
+    let Some(raw) = &source.source_url else {
+        anyhow::bail!("source-url is required (flag --source-url, env TOTES_CDC_SOURCE_URL, or `source-url` in the config file)");
+    };
+    Ok(CaptureConfig {
+        source: PgUrl::parse(raw, "source-url")?,
+        slot: source.slot.clone(),
+        publication: source.publication.clone(),
+        tables: source.tables(),
+        state_dir: capture.state_dir.clone(),
+        snapshot: capture.snapshot,
+        snapshot_parallelism: capture.snapshot_parallelism,
+        heartbeat: (!capture.heartbeat_interval.is_zero()).then_some(capture.heartbeat_interval),
+        status_interval: capture.status_interval,
+        buffer_events: capture.channel_capacity,
+        drain_timeout: capture.drain_timeout,
+    })
+}
+
+pub async fn run(args: StreamArgs, shutdown: watch::Receiver<bool>) -> Result<()> {
+    let cfg = capture_config(&args.source, &args.capture)?;
+    tracing::info!(source = %cfg.source.masked(), slot = %cfg.slot, publication = %cfg.publication, "starting capture");
+    let (tx, rx, acker) = transport::channel(args.capture.channel_capacity);
+    let database = cfg.source.database();
+    let sink = match args.sink {
+        SinkKind::Stdout => tokio::spawn(async move {
+            transport::stdout::run_writer(rx, acker, database, tokio::io::stdout())
+                .await
+                .context("writing to standard output")
+        }),
+        SinkKind::Null => tokio::spawn(async move {
+            transport::stdout::run_null(rx, acker).await;
+            Ok(())
+        }),
+    };
+    let stats = Arc::new(CaptureStats::default());
+    let captured = capture::run(cfg, tx, shutdown, stats).await;
+    let sunk = sink.await.context("the sink task failed")?;
+    captured?;
+    sunk
+}

@@ -1,0 +1,164 @@
+//! The change event every role passes along, and its position in the source's history.
+//!
+//! Values are kept in PostgreSQL's text output form (the form pgoutput and `COPY ... TO` both
+//! produce under the session settings in [`crate::pg::SESSION_SETTINGS`]): the warehouse COPYs
+//! them as they are, and the JSON envelope ([`json`]) renders them by their [`ValueKind`].
+
+pub mod json;
+pub mod value;
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+pub use pgwire_replication::Lsn;
+
+pub use value::ValueKind;
+
+/// Where an event sits in the source's history: the commit LSN of its transaction and its
+/// ordinal within that transaction (0, 1, ...).
+///
+/// Rows of the initial snapshot carry the slot's consistent point with negative ordinals
+/// (`i32::MIN + row number`): a transaction may commit exactly at the consistent point, and its
+/// changes must still sort after every snapshot row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Position {
+    pub lsn: Lsn,
+    pub seq: i32,
+}
+
+impl Position {
+    pub fn new(lsn: Lsn, seq: i32) -> Self {
+        Self { lsn, seq }
+    }
+
+    /// The position of the `row`-th row of a snapshot taken at `consistent_point`.
+    pub fn snapshot(consistent_point: Lsn, row: u32) -> Self {
+        Self {
+            lsn: consistent_point,
+            seq: i32::MIN.wrapping_add(row.min(i32::MAX as u32) as i32),
+        }
+    }
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}#{}", self.lsn, self.seq)
+    }
+}
+
+/// The kind of change, with the one-letter codes of the envelope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// A row of the initial snapshot.
+    Read,
+    Insert,
+    Update,
+    Delete,
+    Truncate,
+}
+
+impl Op {
+    pub fn code(self) -> &'static str {
+        match self {
+            Op::Read => "r",
+            Op::Insert => "c",
+            Op::Update => "u",
+            Op::Delete => "d",
+            Op::Truncate => "t",
+        }
+    }
+
+    pub fn from_code(code: &str) -> Option<Op> {
+        Some(match code {
+            "r" => Op::Read,
+            "c" => Op::Insert,
+            "u" => Op::Update,
+            "d" => Op::Delete,
+            "t" => Op::Truncate,
+            _ => return None,
+        })
+    }
+}
+
+/// One column value as the source sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Datum {
+    Null,
+    /// The value's text output form (UTF-8).
+    Text(Bytes),
+    /// An unchanged TOASTed value the source did not resend: the stored value stays as it is.
+    UnchangedToast,
+}
+
+impl Datum {
+    pub fn as_text(&self) -> Option<&[u8]> {
+        match self {
+            Datum::Text(b) => Some(b),
+            _ => None,
+        }
+    }
+}
+
+/// A column of a replicated table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    pub name: String,
+    pub type_oid: u32,
+    pub type_mod: i32,
+    /// The type as SQL would spell it (`numeric(10,2)`, `"PaymentTypeName"`), for DDL downstream.
+    pub type_name: String,
+    pub kind: ValueKind,
+}
+
+/// The shape of a replicated table at a point of the stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableSchema {
+    pub oid: u32,
+    pub schema: String,
+    pub name: String,
+    pub columns: Vec<Column>,
+    /// Indices into `columns` of the primary key (or, without one, of the replica identity).
+    pub key: Vec<usize>,
+}
+
+impl TableSchema {
+    /// `schema.table`, as used in partition keys, lake paths and logs.
+    pub fn qualified_name(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
+    }
+
+    pub fn column_index(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name == name)
+    }
+}
+
+/// One change of one row (or, for a truncate, of one table).
+#[derive(Debug, Clone)]
+pub struct ChangeEvent {
+    pub op: Op,
+    pub position: Position,
+    /// Source transaction id; `None` for snapshot rows.
+    pub xid: Option<u32>,
+    /// Commit time in microseconds since the Unix epoch (snapshot time for snapshot rows).
+    pub commit_ts_us: i64,
+    pub table: Arc<TableSchema>,
+    /// The old row when the replica identity provides it in full (`REPLICA IDENTITY FULL`).
+    pub before: Option<Vec<Datum>>,
+    /// The identity of the row (key columns only, in key order): for deletes the old key,
+    /// otherwise the key of `after`.
+    pub key: Option<Vec<Datum>>,
+    /// The new row (inserts, updates, snapshot reads).
+    pub after: Option<Vec<Datum>>,
+}
+
+impl ChangeEvent {
+    /// The key values taken from a full row, in key order.
+    pub fn key_of(table: &TableSchema, row: &[Datum]) -> Vec<Datum> {
+        table
+            .key
+            .iter()
+            .map(|&i| row.get(i).cloned().unwrap_or(Datum::Null))
+            .collect()
+    }
+}

@@ -1,0 +1,109 @@
+//! Transports carry change events from capture to apply. Every sink plugs into the same
+//! acknowledgement path: the capture numbers what it sends, a sink acknowledges "everything up
+//! to N is durable", and only then does the capture confirm the matching LSN to Postgres.
+
+pub mod stdout;
+
+use tokio::sync::{mpsc, watch};
+
+use crate::event::{ChangeEvent, Lsn};
+
+/// What flows from capture to a sink.
+#[derive(Debug, Clone)]
+pub enum ItemKind {
+    Change(ChangeEvent),
+    /// The end of a source transaction whose changes were sent before it.
+    Commit {
+        lsn: Lsn,
+        end_lsn: Lsn,
+        commit_ts_us: i64,
+    },
+}
+
+/// An item with its capture-assigned sequence number (1, 2, ...; monotone within a process).
+#[derive(Debug, Clone)]
+pub struct Item {
+    pub seqno: u64,
+    pub kind: ItemKind,
+}
+
+/// The sink has stopped taking items.
+#[derive(Debug, thiserror::Error)]
+#[error("the sink has stopped")]
+pub struct SinkClosed;
+
+/// The capture's end of a sink: numbers and sends items, and sees acknowledgements.
+pub struct SinkSender {
+    tx: mpsc::Sender<Item>,
+    next: u64,
+    acked: watch::Receiver<u64>,
+}
+
+impl SinkSender {
+    /// Sends an item, waiting while the sink is full (this is the backpressure that bounds
+    /// memory); returns its sequence number.
+    pub async fn send(&mut self, kind: ItemKind) -> Result<u64, SinkClosed> {
+        let seqno = self.next;
+        self.tx
+            .send(Item { seqno, kind })
+            .await
+            .map_err(|_| SinkClosed)?;
+        self.next += 1;
+        Ok(seqno)
+    }
+
+    /// The sequence number of the last item sent (0 before the first).
+    pub fn last_sent(&self) -> u64 {
+        self.next - 1
+    }
+
+    /// Everything up to this sequence number is durable downstream.
+    pub fn acked(&self) -> u64 {
+        *self.acked.borrow()
+    }
+
+    /// Whether every item sent so far is acknowledged.
+    pub fn idle(&self) -> bool {
+        self.acked() >= self.last_sent()
+    }
+
+    /// For waiting on acknowledgements (`changed()`).
+    pub fn ack_watch(&mut self) -> &mut watch::Receiver<u64> {
+        &mut self.acked
+    }
+}
+
+/// The sink's handle for acknowledging durable items.
+#[derive(Clone)]
+pub struct Acker {
+    tx: watch::Sender<u64>,
+}
+
+impl Acker {
+    /// Everything up to and including `seqno` is durable (monotone: lower values are ignored).
+    pub fn ack(&self, seqno: u64) {
+        self.tx.send_if_modified(|v| {
+            if seqno > *v {
+                *v = seqno;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+/// A bounded channel from capture to a sink, with the acknowledgement path back.
+pub fn channel(capacity: usize) -> (SinkSender, mpsc::Receiver<Item>, Acker) {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    let (ack_tx, ack_rx) = watch::channel(0);
+    (
+        SinkSender {
+            tx,
+            next: 1,
+            acked: ack_rx,
+        },
+        rx,
+        Acker { tx: ack_tx },
+    )
+}

@@ -1,0 +1,236 @@
+//! Shared test support: throwaway PostgreSQL clusters and the totes-cdc binary as a process.
+#![allow(dead_code)]
+
+pub mod compare;
+pub mod pg;
+pub mod totesys;
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub use pg::PgCluster;
+
+/// The binary under test (built once by cargo for all integration tests).
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_totes-cdc"))
+}
+
+/// The totesys source schema shipped in sql/source.
+pub fn totesys_schema() -> String {
+    std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/sql/source/totesys.sql"
+    ))
+    .expect("sql/source/totesys.sql")
+}
+
+/// A fresh temporary directory for a test.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "totes-cdc-test-{name}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    ));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+/// Runs the binary to completion; returns (exit status, stdout, stderr).
+pub fn run(args: &[&str], envs: &[(&str, &str)]) -> (ExitStatus, String, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .envs(envs.iter().copied())
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run totes-cdc");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A running totes-cdc process whose stdout lines are collected.
+pub struct Proc {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    count: Arc<AtomicU64>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    /// Starts the binary, keeping every stdout line.
+    pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Self {
+        Self::spawn_inner(args, envs, true)
+    }
+
+    /// Starts the binary, only counting stdout lines.
+    pub fn spawn_counting(args: &[&str], envs: &[(&str, &str)]) -> Self {
+        Self::spawn_inner(args, envs, false)
+    }
+
+    fn spawn_inner(args: &[&str], envs: &[(&str, &str)], keep: bool) -> Self {
+        let mut child = Command::new(bin())
+            .args(args)
+            .envs(envs.iter().copied())
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn totes-cdc");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let count = Arc::new(AtomicU64::new(0));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        if let Some(out) = child.stdout.take() {
+            let lines = lines.clone();
+            let count = count.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::with_capacity(1 << 16, out).lines() {
+                    let Ok(line) = line else { break };
+                    if keep {
+                        if let Ok(mut l) = lines.lock() {
+                            l.push(line);
+                        }
+                    }
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        if let Some(mut err) = child.stderr.take() {
+            let stderr = stderr.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = err.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    if let Ok(mut s) = stderr.lock() {
+                        s.push_str(&String::from_utf8_lossy(&buf[..n]));
+                    }
+                }
+            });
+        }
+        Self {
+            child,
+            lines,
+            count,
+            stderr,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Every stdout line parsed as JSON (panics on a line that is not).
+    pub fn events(&self) -> Vec<Value> {
+        self.lines()
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Waits until `pred` holds for the events so far; panics after `timeout` with the log.
+    pub fn wait_events(&self, what: &str, timeout: Duration, pred: impl Fn(&[Value]) -> bool) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if pred(&self.events()) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {what}; {} lines so far; stderr:\n{}",
+                    self.count(),
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until stderr contains `needle`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.stderr().contains(needle) {
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for log {needle:?}; stderr:\n{}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Peak resident set size in KiB (VmHWM).
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// SIGKILL, no chance to clean up.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Let the reader threads take the rest of the pipe.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    /// SIGTERM and wait for the exit.
+    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.wait(timeout)
+    }
+
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(100));
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("process did not exit in time; stderr:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,269 @@
+//! Throwaway PostgreSQL 15 clusters for tests: initdb into a fresh directory, a free loopback
+//! port, `wal_level=logical`. Works as root (the server runs as the `postgres` user, in a
+//! directory it owns) and as an ordinary user. Stopped and removed on drop, also on panic.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio_postgres::{Client, NoTls};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// The server binaries: `TOTES_CDC_PG_BIN`, else `pg_config --bindir`, else Debian's path.
+pub fn pg_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("TOTES_CDC_PG_BIN") {
+        return PathBuf::from(p);
+    }
+    for candidate in ["/usr/lib/postgresql/15/bin"] {
+        if Path::new(candidate).join("initdb").exists() {
+            return PathBuf::from(candidate);
+        }
+    }
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if p.join("initdb").exists() {
+            return p;
+        }
+    }
+    panic!("PostgreSQL 15 server binaries not found: install postgresql-15 (make test does) or set TOTES_CDC_PG_BIN");
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
+
+pub struct PgCluster {
+    pub root: PathBuf,
+    pub data: PathBuf,
+    pub port: u16,
+    bin: PathBuf,
+    as_postgres: bool,
+}
+
+impl PgCluster {
+    /// A new cluster with the default test settings.
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// A new cluster with extra `postgresql.conf` settings.
+    pub fn start_with(extra: &[(&str, &str)]) -> Self {
+        let bin = pg_bin();
+        let as_postgres = is_root();
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let root = std::env::temp_dir().join(format!("totes-cdc-pg-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).expect("create cluster dir");
+        let data = root.join("data");
+        let mut c = Self {
+            root,
+            data,
+            port: 0,
+            bin,
+            as_postgres,
+        };
+        if as_postgres {
+            c.chown();
+        }
+        c.run_tool(
+            "initdb",
+            &[
+                "-D",
+                c.data.to_str().unwrap_or_default(),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+                "--no-sync",
+                "--no-instructions",
+            ],
+        );
+        let mut conf = String::from(
+            "listen_addresses = '127.0.0.1'\n\
+             wal_level = logical\n\
+             max_replication_slots = 20\n\
+             max_wal_senders = 20\n\
+             wal_sender_timeout = '10s'\n\
+             max_connections = 60\n\
+             shared_buffers = '32MB'\n\
+             fsync = off\n\
+             synchronous_commit = off\n\
+             full_page_writes = off\n\
+             logging_collector = off\n\
+             log_min_messages = warning\n\
+             TimeZone = 'UTC'\n",
+        );
+        conf.push_str(&format!(
+            "unix_socket_directories = '{}'\n",
+            c.root.display()
+        ));
+        for (k, v) in extra {
+            conf.push_str(&format!("{k} = {v}\n"));
+        }
+        std::fs::write(c.data.join("postgresql.auto.conf"), conf).expect("write conf");
+        // A password-checked role for authentication tests; everyone else is trusted.
+        let hba = "host all secure 127.0.0.1/32 scram-sha-256\n\
+                   host all all 127.0.0.1/32 trust\n\
+                   host replication secure 127.0.0.1/32 scram-sha-256\n\
+                   host replication all 127.0.0.1/32 trust\n\
+                   local all all trust\n\
+                   local replication all trust\n";
+        std::fs::write(c.data.join("pg_hba.conf"), hba).expect("write hba");
+        if as_postgres {
+            c.chown();
+        }
+        for _ in 0..5 {
+            c.port = free_port();
+            if c.try_start() {
+                return c;
+            }
+        }
+        panic!("could not start PostgreSQL; log:\n{}", c.log());
+    }
+
+    fn chown(&self) {
+        let _ = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&self.root)
+            .status();
+    }
+
+    fn run_tool(&self, tool: &str, args: &[&str]) -> bool {
+        let path = self.bin.join(tool);
+        let mut cmd = if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&path);
+            c
+        } else {
+            Command::new(&path)
+        };
+        cmd.args(args)
+            .current_dir(&self.root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.root.join("server.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn try_start(&self) -> bool {
+        let opts = format!("-p {}", self.port);
+        self.run_tool(
+            "pg_ctl",
+            &[
+                "-D",
+                self.data.to_str().unwrap_or_default(),
+                "-l",
+                self.log_path().to_str().unwrap_or_default(),
+                "-o",
+                &opts,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+        )
+    }
+
+    /// Stops the server (fast shutdown: sessions are terminated).
+    pub fn stop(&self) {
+        self.run_tool(
+            "pg_ctl",
+            &[
+                "-D",
+                self.data.to_str().unwrap_or_default(),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ],
+        );
+    }
+
+    /// Starts the server again on the same port.
+    pub fn start_again(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.try_start() {
+            assert!(Instant::now() < deadline, "restart failed:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn restart(&self) {
+        self.stop();
+        self.start_again();
+    }
+
+    /// A URL for `db` as the superuser `postgres`.
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// A URL for `db` as `user` with `password`.
+    pub fn url_as(&self, user: &str, password: &str, db: &str) -> String {
+        format!("postgres://{user}:{password}@127.0.0.1:{}/{db}", self.port)
+    }
+
+    pub async fn connect(&self, db: &str) -> Client {
+        let (client, conn) = tokio_postgres::connect(&self.url(db), NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("connect to {db}: {e}"));
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        client
+    }
+
+    /// Creates a database and returns a connection to it.
+    pub async fn create_db(&self, name: &str) -> Client {
+        let admin = self.connect("postgres").await;
+        admin
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .unwrap_or_else(|e| panic!("create database {name}: {e}"));
+        self.connect(name).await
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        self.run_tool(
+            "pg_ctl",
+            &[
+                "-D",
+                self.data.to_str().unwrap_or_default(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+        );
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}

@@ -179,6 +179,7 @@ impl Catalog {
             .iter()
             .filter_map(|k| columns.iter().position(|c| &c.name == k))
             .collect();
+        let keyless = names.is_empty();
         if key.is_empty() || key.len() != names.len() {
             key = rel
                 .columns
@@ -199,6 +200,7 @@ impl Catalog {
             name: rel.name.clone(),
             columns,
             key,
+            keyless,
         }))
     }
 
@@ -273,7 +275,8 @@ impl Catalog {
             .iter()
             .filter_map(|k| columns.iter().position(|c| &c.name == k))
             .collect();
-        if key.is_empty() {
+        let keyless = key.is_empty();
+        if keyless {
             // REPLICA IDENTITY FULL without a key: the whole row identifies it.
             key = (0..columns.len()).collect();
         }
@@ -283,6 +286,7 @@ impl Catalog {
             name: t.name.clone(),
             columns,
             key,
+            keyless,
         }))
     }
 }

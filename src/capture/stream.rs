@@ -333,7 +333,7 @@ impl Streamer {
                         Some((kind, old)) => {
                             let old_key = ChangeEvent::key_of(&t, &old);
                             let before = (kind == OldTuple::Full).then_some(old);
-                            if old_key != key && !key_unchanged_toast(&key) {
+                            if old_key != key && !t.keyless && !key_unchanged_toast(&key) {
                                 // A key change is the old row leaving and a new one arriving.
                                 self.emit(sink, t.clone(), Op::Delete, before, Some(old_key), None)
                                     .await?;

@@ -120,6 +120,8 @@ pub struct TableSchema {
     pub columns: Vec<Column>,
     /// Indices into `columns` of the primary key (or, without one, of the replica identity).
     pub key: Vec<usize>,
+    /// No primary key or identity index: the whole row is the identity (REPLICA IDENTITY FULL).
+    pub keyless: bool,
 }
 
 impl TableSchema {

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 
-use base64::Engine;
 use serde_json::{Map, Value};
 use tokio_postgres::Client;
 
@@ -63,64 +62,42 @@ pub async fn source_state(client: &Client, tables: &[&str]) -> State {
             .await
             .expect("columns");
         let mut key_cols = Vec::new();
-        let mut numeric = Vec::new();
-        let mut bytea = Vec::new();
+        // Columns whose envelope form to_jsonb does not give: numeric as decimal strings,
+        // bytea as base64.
+        let mut overrides = Vec::new();
         for c in &cols {
             let name: String = c.get(0);
             let ty: String = c.get(1);
             if c.get::<_, bool>(2) {
                 key_cols.push(name.clone());
             }
-            if ty.starts_with("numeric") {
-                numeric.push(name.clone());
-            }
-            if ty == "bytea" {
-                bytea.push(name);
-            }
+            let expr = if ty.starts_with("numeric") && ty.ends_with("[]") {
+                format!("to_jsonb(_r.\"{name}\"::text[])::text")
+            } else if ty.starts_with("numeric") {
+                format!("to_jsonb(_r.\"{name}\"::text)::text")
+            } else if ty == "bytea" {
+                format!("to_jsonb(translate(encode(_r.\"{name}\", 'base64'), E'\\n', ''))::text")
+            } else {
+                continue;
+            };
+            overrides.push((name, expr));
         }
+        let mut select = vec!["to_jsonb(_r)::text".to_string()];
+        select.extend(overrides.iter().map(|(_, e)| e.clone()));
         let rows = client
             .query(
-                &format!("SELECT to_jsonb(t)::text FROM public.\"{table}\" t"),
+                &format!("SELECT {} FROM public.\"{table}\" _r", select.join(", ")),
                 &[],
             )
             .await
             .expect("rows");
-        // Numeric and bytea columns need their text forms, which to_jsonb does not keep.
-        let extra_sql = numeric
-            .iter()
-            .map(|c| format!("\"{c}\"::text"))
-            .chain(bytea.iter().map(|c| format!("\"{c}\"::text")))
-            .collect::<Vec<_>>();
-        let extras = if extra_sql.is_empty() {
-            None
-        } else {
-            Some(
-                client
-                    .query(
-                        &format!("SELECT {} FROM public.\"{table}\" t", extra_sql.join(", ")),
-                        &[],
-                    )
-                    .await
-                    .expect("extras"),
-            )
-        };
-        for (i, r) in rows.iter().enumerate() {
+        for r in &rows {
             let mut obj: Map<String, Value> =
                 serde_json::from_str(r.get::<_, &str>(0)).expect("row json");
-            if let Some(extras) = &extras {
-                let e = &extras[i];
-                for (j, c) in numeric.iter().chain(bytea.iter()).enumerate() {
-                    let v: Option<String> = e.get(j);
-                    let v = match v {
-                        None => Value::Null,
-                        Some(s) if j >= numeric.len() => {
-                            let raw = hex_decode(s.trim_start_matches("\\x"));
-                            Value::String(base64::engine::general_purpose::STANDARD.encode(raw))
-                        }
-                        Some(s) => Value::String(s),
-                    };
-                    obj.insert(c.clone(), v);
-                }
+            for (j, (name, _)) in overrides.iter().enumerate() {
+                let v: Option<&str> = r.get(j + 1);
+                let v = v.map_or(Value::Null, |t| serde_json::from_str(t).expect("json"));
+                obj.insert(name.clone(), v);
             }
             let mut key = Map::new();
             for k in &key_cols {
@@ -133,12 +110,6 @@ pub async fn source_state(client: &Client, tables: &[&str]) -> State {
         }
     }
     state
-}
-
-fn hex_decode(s: &str) -> Vec<u8> {
-    (0..s.len() / 2)
-        .filter_map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok())
-        .collect()
 }
 
 /// Asserts two states are equal, printing the first differences.

@@ -10,7 +10,14 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
-    let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    // pgwire-replication logs a dropped session as an error; totes-cdc reports (and retries)
+    // it itself, so the library stays quiet unless asked for by name.
+    let spec = if cli.log.contains("pgwire_replication") {
+        cli.log.clone()
+    } else {
+        format!("{},pgwire_replication=off", cli.log)
+    };
+    let filter = EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -65,8 +65,17 @@ impl Catalog {
         }
     }
 
-    pub fn client(&self) -> &Client {
-        &self.client
+    /// The control connection, reconnected if the server dropped it (a restart).
+    pub async fn client(&mut self) -> Result<&Client, PgError> {
+        self.ensure_connected().await?;
+        Ok(&self.client)
+    }
+
+    async fn ensure_connected(&mut self) -> Result<(), PgError> {
+        if self.client.is_closed() {
+            self.client = self.url.connect().await?;
+        }
+        Ok(())
     }
 
     fn err(&self, context: &str, e: tokio_postgres::Error) -> PgError {
@@ -76,6 +85,7 @@ impl Catalog {
     /// The kind of a type, asking the catalog for anything that is not built in: enums and
     /// composites render as text, domains as their base type, arrays by their element type.
     pub async fn kind_of(&mut self, oid: u32) -> Result<ValueKind, PgError> {
+        self.ensure_connected().await?;
         if let Some(k) = ValueKind::builtin(oid) {
             return Ok(k);
         }
@@ -129,7 +139,8 @@ impl Catalog {
 
     /// The columns that identify a row, in order: the replica identity index when the table
     /// uses one, else the primary key; empty when there is neither (REPLICA IDENTITY FULL).
-    pub async fn key_columns(&self, oid: u32) -> Result<Vec<String>, PgError> {
+    pub async fn key_columns(&mut self, oid: u32) -> Result<Vec<String>, PgError> {
+        self.ensure_connected().await?;
         let rows = self
             .client
             .query(
@@ -151,6 +162,7 @@ impl Catalog {
         &mut self,
         rel: &RelationMsg,
     ) -> Result<Arc<TableSchema>, PgError> {
+        self.ensure_connected().await?;
         let oids: Vec<u32> = rel.columns.iter().map(|c| c.type_oid).collect();
         let mods: Vec<i32> = rel.columns.iter().map(|c| c.type_mod).collect();
         let rows = self
@@ -205,7 +217,8 @@ impl Catalog {
     }
 
     /// The relation's OID.
-    pub async fn table_oid(&self, t: &TableName) -> Result<Option<u32>, PgError> {
+    pub async fn table_oid(&mut self, t: &TableName) -> Result<Option<u32>, PgError> {
+        self.ensure_connected().await?;
         let row = self
             .client
             .query_opt(
@@ -231,6 +244,7 @@ impl Catalog {
                 table: t.to_string(),
                 target: self.url.target(),
             })?;
+        self.ensure_connected().await?;
         // PostgreSQL 15 publications may publish a column subset (`attnames`).
         let published: Option<Vec<String>> = self
             .client

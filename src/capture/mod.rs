@@ -89,7 +89,7 @@ pub async fn run(
         .with_wakeup_interval(cfg.status_interval)
         .with_buffer_size(cfg.buffer_events);
 
-    let existing = slot::slot_info(catalog.client(), url, &cfg.slot).await?;
+    let existing = slot::slot_info(catalog.client().await?, url, &cfg.slot).await?;
     let (mut client, confirmed) = match existing {
         None => {
             // New slot: its exported snapshot is what the copy reads, so the stream that starts

@@ -64,9 +64,21 @@ FROM generate_series(1, 20) g;
 
 /// One sale: order, transaction and payment in one source transaction.
 pub async fn sale(client: &Client, n: i32) {
+    client.batch_execute(&sale_sql(n)).await.expect("sale");
+}
+
+/// One purchase: order, transaction and payment in one source transaction.
+pub async fn purchase(client: &Client, n: i32) {
     client
-        .batch_execute(&format!(
-            r#"
+        .batch_execute(&purchase_sql(n))
+        .await
+        .expect("purchase");
+}
+
+/// The SQL of one sale.
+pub fn sale_sql(n: i32) -> String {
+    format!(
+        r#"
 BEGIN;
 WITH o AS (
   INSERT INTO sales_order (created_at, last_updated, design_id, staff_id, counterparty_id, units_sold, unit_price, currency_id, agreed_delivery_date, agreed_payment_date, agreed_delivery_location_id)
@@ -80,16 +92,13 @@ INSERT INTO payment (created_at, last_updated, transaction_id, counterparty_id, 
 SELECT t.created_at, t.created_at, t.transaction_id, o.counterparty_id, o.amount, o.currency_id, 1, false, '2025-02-01', 12345678, 87654321 FROM o, t;
 COMMIT;
 "#
-        ))
-        .await
-        .expect("sale");
+    )
 }
 
-/// One purchase: order, transaction and payment in one source transaction.
-pub async fn purchase(client: &Client, n: i32) {
-    client
-        .batch_execute(&format!(
-            r#"
+/// The SQL of one purchase.
+pub fn purchase_sql(n: i32) -> String {
+    format!(
+        r#"
 BEGIN;
 WITH o AS (
   INSERT INTO purchase_order (created_at, last_updated, staff_id, counterparty_id, item_code, item_quantity, item_unit_price, currency_id, agreed_delivery_date, agreed_payment_date, agreed_delivery_location_id)
@@ -103,9 +112,7 @@ INSERT INTO payment (created_at, last_updated, transaction_id, counterparty_id, 
 SELECT t.created_at, t.created_at, t.transaction_id, o.counterparty_id, o.amount, o.currency_id, 3, false, '2025-03-05', 12345678, 87654321 FROM o, t;
 COMMIT;
 "#
-        ))
-        .await
-        .expect("purchase");
+    )
 }
 
 /// Creates the publication for the totesys tables.

@@ -78,11 +78,11 @@ fn spawn_workload(url: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle
     })
 }
 
-async fn marker(db: &Client) -> String {
+async fn marker(db: &Client) -> i32 {
     let r = db
         .query_one(
             "INSERT INTO design (design_name, file_location, file_name, last_updated) \
-             VALUES ('marker', '/m', 'm.json', now()) RETURNING design_id::text",
+             VALUES ('marker', '/m', 'm.json', now()) RETURNING design_id",
             &[],
         )
         .await
@@ -90,10 +90,10 @@ async fn marker(db: &Client) -> String {
     r.get(0)
 }
 
-fn has_marker(events: &[Value], id: &str) -> bool {
+fn has_marker(events: &[Value], id: i32) -> bool {
     events
         .iter()
-        .any(|e| e["source"]["table"] == "design" && e["key"]["design_id"].to_string() == id)
+        .any(|e| e["source"]["table"] == "design" && e["key"]["design_id"] == id)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -138,7 +138,7 @@ async fn kill_9_and_restart_redelivers_everything_after_the_confirmed_lsn() {
     stop.store(true, Ordering::Relaxed);
     workload.await.unwrap();
     let m = marker(&db).await;
-    last.wait_events("the marker", WAIT, |e| has_marker(e, &m));
+    last.wait_events("the marker", WAIT, |e| has_marker(e, m));
     let mut all: Vec<Value> = runs.into_iter().flatten().collect();
     all.extend(last.events());
     // No position carries two different events.
@@ -187,7 +187,7 @@ async fn a_server_restart_is_ridden_out() {
         totesys::sale(&db, n).await;
     }
     let m = marker(&db).await;
-    p.wait_events("changes after the restart", WAIT, |e| has_marker(e, &m));
+    p.wait_events("changes after the restart", WAIT, |e| has_marker(e, m));
     assert!(p.stderr().contains("retrying"), "{}", p.stderr());
     assert_same(
         &materialize(&p.events()),

@@ -139,7 +139,7 @@ async fn before_images_follow_replica_identity_and_toast_is_marked() {
     let url = pg.url("ident");
     let state = support::temp_dir("ident").to_string_lossy().into_owned();
     let proc = Proc::spawn(&args(&url, &state), &[]);
-    proc.wait_events("snapshot", WAIT, |e| e.len() >= 1);
+    proc.wait_events("snapshot", WAIT, |e| !e.is_empty());
     db.batch_execute(
         "INSERT INTO dflt VALUES (1, 'a'); UPDATE dflt SET v = 'b'; DELETE FROM dflt;
          INSERT INTO full_ VALUES (1, 'a'); UPDATE full_ SET v = 'b'; DELETE FROM full_;

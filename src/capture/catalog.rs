@@ -37,8 +37,8 @@ impl TableName {
     pub fn quoted(&self) -> String {
         format!(
             "{}.{}",
-            crate::pg::quote_ident(&self.schema),
-            crate::pg::quote_ident(&self.name)
+            crate::pg::ident(&self.schema),
+            crate::pg::ident(&self.name)
         )
     }
 }

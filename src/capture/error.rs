@@ -13,10 +13,10 @@ pub enum CaptureError {
     #[error("wal_level on {target} is '{actual}', but logical decoding needs 'logical'. Set wal_level = logical in postgresql.conf (on RDS/Aurora: rds.logical_replication = 1 in the parameter group) and restart the server: this setting only changes on restart")]
     WalLevel { target: String, actual: String },
 
-    #[error("role \"{role}\" may not use replication on {target}. Grant it: ALTER ROLE {role} REPLICATION; (on RDS: GRANT rds_replication TO {role};)")]
+    #[error("role {role} may not use replication on {target}. Grant it: ALTER ROLE {role} REPLICATION; (on RDS: GRANT rds_replication TO {role};)")]
     NoReplicationRole { role: String, target: String },
 
-    #[error("role \"{role}\" cannot read {tables}. Grant it: GRANT SELECT ON {tables} TO {role};")]
+    #[error("role {role} cannot read {tables}. Grant it: GRANT SELECT ON {tables} TO {role};")]
     NoSelect { role: String, tables: String },
 
     #[error("table {table} has no primary key and REPLICA IDENTITY {identity}, so its updates and deletes cannot be identified. Fix: add a primary key (ALTER TABLE {table} ADD PRIMARY KEY (...);) or send whole old rows (ALTER TABLE {table} REPLICA IDENTITY FULL;)")]

@@ -5,7 +5,7 @@ use tokio_postgres::Client;
 
 use super::catalog::TableName;
 use super::CaptureError;
-use crate::pg::{quote_ident, PgUrl};
+use crate::pg::{ident, PgUrl};
 
 pub async fn check_wal_level(client: &Client, url: &PgUrl) -> Result<(), CaptureError> {
     let row = client
@@ -38,7 +38,7 @@ pub async fn check_replication_role(client: &Client, url: &PgUrl) -> Result<(), 
     let role: String = row.get(0);
     if !row.get::<_, bool>(1) {
         return Err(CaptureError::NoReplicationRole {
-            role: quote_ident(&role),
+            role: ident(&role),
             target: url.target(),
         });
     }
@@ -155,7 +155,7 @@ pub async fn check_tables(
     }
     if let Some((_, role)) = unreadable.first() {
         return Err(CaptureError::NoSelect {
-            role: quote_ident(role),
+            role: ident(role),
             tables: unreadable
                 .iter()
                 .map(|(t, _)| t.as_str())

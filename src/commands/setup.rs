@@ -6,7 +6,7 @@ use anyhow::Result;
 use crate::capture::catalog::TableName;
 use crate::capture::{preflight, CaptureError};
 use crate::config::SetupArgs;
-use crate::pg::{quote_ident, PgUrl};
+use crate::pg::{ident, PgUrl};
 
 pub async fn run(args: SetupArgs) -> Result<()> {
     let Some(raw) = &args.source.source_url else {
@@ -18,10 +18,7 @@ pub async fn run(args: SetupArgs) -> Result<()> {
     preflight::check_wal_level(&client, &url).await?;
     println!("  ok  wal_level = logical");
     preflight::check_replication_role(&client, &url).await?;
-    println!(
-        "  ok  role {} may use replication",
-        quote_ident(&url.user())
-    );
+    println!("  ok  role {} may use replication", ident(&url.user()));
 
     let tables = match args.source.tables() {
         Some(t) => t,
@@ -58,10 +55,7 @@ pub async fn run(args: SetupArgs) -> Result<()> {
         .collect::<Vec<_>>()
         .join(", ");
     if !preflight::publication_exists(&client, &url, publication).await? {
-        let sql = format!(
-            "CREATE PUBLICATION {} FOR TABLE {list}",
-            quote_ident(publication)
-        );
+        let sql = format!("CREATE PUBLICATION {} FOR TABLE {list}", ident(publication));
         client.batch_execute(&sql).await.map_err(|e| {
             anyhow::anyhow!(
                 "could not create publication \"{publication}\": {}. Ask the owner of the tables (or a superuser) to run: {sql};",
@@ -75,7 +69,7 @@ pub async fn run(args: SetupArgs) -> Result<()> {
             Err(CaptureError::PublicationMissingTables { missing, .. }) => {
                 let sql = format!(
                     "ALTER PUBLICATION {} ADD TABLE {missing}",
-                    quote_ident(publication)
+                    ident(publication)
                 );
                 client.batch_execute(&sql).await.map_err(|e| {
                     anyhow::anyhow!(
@@ -86,10 +80,7 @@ pub async fn run(args: SetupArgs) -> Result<()> {
                 println!("  ok  publication {publication} was missing {missing}: added");
             }
             Err(CaptureError::EmptyPublication { .. }) => {
-                let sql = format!(
-                    "ALTER PUBLICATION {} ADD TABLE {list}",
-                    quote_ident(publication)
-                );
+                let sql = format!("ALTER PUBLICATION {} ADD TABLE {list}", ident(publication));
                 client.batch_execute(&sql).await?;
                 println!("  ok  publication {publication} was empty: added {list}");
             }

@@ -24,7 +24,7 @@ lint:
 ## bench: throughput against the physical limit (pg_recvlogical), written to BENCHMARKS.md
 bench: deps
 	$(CARGO) build --release --bin totes-cdc
-	./scripts/bench-capture.sh
+	./scripts/bench.sh
 
 deps:
 	@./scripts/deps.sh

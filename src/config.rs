@@ -121,6 +121,10 @@ pub struct CaptureArgs {
     #[arg(long, env = "TOTES_CDC_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
+    /// Stop once everything up to this LSN is confirmed (bounded runs, benchmarks).
+    #[arg(long, env = "TOTES_CDC_UNTIL_LSN", value_name = "LSN", value_parser = parse_lsn)]
+    pub until_lsn: Option<crate::event::Lsn>,
+
     /// Bound, in events, of each channel between stages.
     #[arg(long, env = "TOTES_CDC_CHANNEL_CAPACITY", default_value_t = 4096)]
     pub channel_capacity: usize,
@@ -160,6 +164,12 @@ pub struct StreamArgs {
     /// Where change events go.
     #[arg(long, env = "TOTES_CDC_SINK", default_value = "stdout")]
     pub sink: SinkKind,
+}
+
+/// Parses an LSN (`16/B374D848`).
+pub fn parse_lsn(s: &str) -> Result<crate::event::Lsn, String> {
+    crate::event::Lsn::parse(s.trim())
+        .map_err(|e| format!("{e} (expected an LSN such as 16/B374D848)"))
 }
 
 /// Parses `500ms`, `10s`, `2m`, `1h`, or a plain number of seconds.

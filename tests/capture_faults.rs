@@ -232,3 +232,48 @@ async fn a_million_row_transaction_streams_in_bounded_memory() {
         "peak RSS grew from {baseline} KiB to {peak} KiB while streaming one big transaction"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_source_still_moves_the_slot_forward() {
+    let pg = PgCluster::start();
+    let db = pg.create_db("idle").await;
+    totesys::create(&db).await;
+    totesys::publish(&db).await;
+    let other = pg.create_db("elsewhere").await;
+    other
+        .batch_execute("CREATE TABLE noise (id serial PRIMARY KEY, pad text)")
+        .await
+        .unwrap();
+    let url = pg.url("idle");
+    let state = support::temp_dir("idle").to_string_lossy().into_owned();
+    let p = Proc::spawn(&args(&url, &state, &[]), &[]);
+    p.wait_log("streaming changes", WAIT);
+    // Only another database writes: nothing for this slot to send.
+    for _ in 0..5 {
+        other
+            .batch_execute(
+                "INSERT INTO noise (pad) SELECT repeat('n', 500) FROM generate_series(1, 20000)",
+            )
+            .await
+            .unwrap();
+    }
+    let written = {
+        let r = other
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .unwrap();
+        lsn_value(r.get(0))
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    while confirmed_lsn(&db).await < written {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot stayed behind the WAL written elsewhere"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        p.events().iter().all(|e| e["op"] == "r"),
+        "nothing of this database changed after the snapshot"
+    );
+}

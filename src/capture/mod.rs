@@ -59,6 +59,8 @@ pub struct CaptureConfig {
     pub buffer_events: usize,
     /// How long shutdown waits for the sink to acknowledge what is in flight.
     pub drain_timeout: Duration,
+    /// Stop once everything up to this LSN is confirmed.
+    pub until: Option<Lsn>,
 }
 
 /// Runs capture until `shutdown` turns true (then drains, confirms and returns `Ok`) or a
@@ -193,7 +195,7 @@ pub async fn run(
         ))
     });
 
-    let mut streamer = Streamer::new(catalog, allowed, confirmed, stats.clone());
+    let mut streamer = Streamer::new(catalog, allowed, confirmed, stats.clone(), cfg.until);
     let mut backoff = Backoff::new();
     let result = loop {
         let started = tokio::time::Instant::now();

@@ -71,6 +71,7 @@ pub struct Streamer {
     /// (seqno, lsn): confirm `lsn` once everything up to `seqno` is acknowledged.
     pending: VecDeque<(u64, Lsn)>,
     confirmed: Lsn,
+    until: Option<Lsn>,
     pub stats: Arc<CaptureStats>,
 }
 
@@ -80,6 +81,7 @@ impl Streamer {
         allowed: Option<HashSet<TableName>>,
         confirmed: Lsn,
         stats: Arc<CaptureStats>,
+        until: Option<Lsn>,
     ) -> Self {
         stats.confirmed_lsn.store(confirmed.0, Ordering::Relaxed);
         Self {
@@ -89,6 +91,7 @@ impl Streamer {
             tx: None,
             pending: VecDeque::new(),
             confirmed,
+            until,
             stats,
         }
     }
@@ -112,7 +115,7 @@ impl Streamer {
         self.tx = None;
         self.relations.clear();
         loop {
-            if *shutdown.borrow() {
+            if *shutdown.borrow() || self.until.is_some_and(|u| self.confirmed >= u) {
                 return Ok(SessionEnd::Shutdown);
             }
             tokio::select! {

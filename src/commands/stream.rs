@@ -28,6 +28,7 @@ pub fn capture_config(source: &SourceArgs, capture: &CaptureArgs) -> Result<Capt
         status_interval: capture.status_interval,
         buffer_events: capture.channel_capacity,
         drain_timeout: capture.drain_timeout,
+        until: capture.until_lsn,
     })
 }
 

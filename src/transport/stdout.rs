@@ -22,14 +22,13 @@ pub async fn run_writer<W: AsyncWrite + Unpin>(
             write_envelope(&mut buf, ev, &database);
             buf.push(b'\n');
         }
-        // Flush when the channel is momentarily empty or the buffer is large.
+        // Flush and acknowledge when the channel is momentarily empty or the buffer is large,
+        // so acknowledgements keep flowing under a steady stream too.
         if rx.is_empty() || buf.len() >= 60 * 1024 {
             out.write_all(&buf).await?;
             buf.clear();
-            if rx.is_empty() {
-                out.flush().await?;
-                acker.ack(last);
-            }
+            out.flush().await?;
+            acker.ack(last);
         }
     }
     out.write_all(&buf).await?;

@@ -52,6 +52,8 @@ pub enum Command {
     Setup(SetupArgs),
     /// Capture changes and publish them to a sink.
     Stream(StreamArgs),
+    /// The embedded pipeline: capture and apply in one process.
+    Run(RunArgs),
 }
 
 /// Where and what to capture.
@@ -130,10 +132,49 @@ pub struct CaptureArgs {
     pub channel_capacity: usize,
 }
 
+/// Where and how changes are applied.
+#[derive(Debug, Clone, Args)]
+pub struct WarehouseArgs {
+    /// PostgreSQL URL of the warehouse database.
+    #[arg(long, env = "TOTES_CDC_WAREHOUSE_URL", value_name = "URL")]
+    pub warehouse_url: Option<String>,
+
+    /// Schema of the star tables in the warehouse.
+    #[arg(long, env = "TOTES_CDC_WAREHOUSE_SCHEMA", default_value = "public")]
+    pub warehouse_schema: String,
+
+    /// The star schema derived from staging (`none`: staging mirrors only).
+    #[arg(long, env = "TOTES_CDC_MODEL", default_value = "totesys")]
+    pub model: crate::apply::warehouse::Model,
+
+    /// A batch closes at this many events...
+    #[arg(long, env = "TOTES_CDC_BATCH_MAX_EVENTS", default_value_t = 10_000)]
+    pub batch_max_events: usize,
+
+    /// ...or this long after its first event, whichever comes first.
+    #[arg(long, env = "TOTES_CDC_BATCH_MAX_MS", default_value_t = 1000)]
+    pub batch_max_ms: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+
+    #[command(flatten)]
+    pub capture: CaptureArgs,
+
+    #[command(flatten)]
+    pub warehouse: WarehouseArgs,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct SetupArgs {
     #[command(flatten)]
     pub source: SourceArgs,
+
+    #[command(flatten)]
+    pub warehouse: WarehouseArgs,
 
     /// Tables left out when `tables` is not given and setup picks every table of schema public.
     #[arg(

@@ -1,6 +1,7 @@
 //! totes-cdc: change-data capture from PostgreSQL into a Parquet lake and a star-schema
 //! warehouse. See README.md for the roles and ../DESIGN for how they fit together.
 
+pub mod apply;
 pub mod capture;
 pub mod commands;
 pub mod config;

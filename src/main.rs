@@ -41,6 +41,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Setup(args) => totes_cdc::commands::setup::run(args).await,
             Command::Stream(args) => totes_cdc::commands::stream::run(args, shutdown).await,
+            Command::Run(args) => totes_cdc::commands::run::run(args, shutdown).await,
         }
     });
     match result {

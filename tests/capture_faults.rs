@@ -259,7 +259,7 @@ async fn an_idle_source_still_moves_the_slot_forward() {
     }
     let written = {
         let r = other
-            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
             .await
             .unwrap();
         lsn_value(r.get(0))

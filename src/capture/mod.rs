@@ -63,6 +63,26 @@ pub struct CaptureConfig {
     pub until: Option<Lsn>,
 }
 
+/// Checks the source as capture would and describes the tables it will capture (for creating
+/// their mirrors downstream).
+pub async fn describe_tables(
+    url: &PgUrl,
+    publication: &str,
+    wanted: Option<&[TableName]>,
+) -> Result<Vec<Arc<crate::event::TableSchema>>, CaptureError> {
+    let control = url.connect().await?;
+    preflight::check_wal_level(&control, url).await?;
+    preflight::check_replication_role(&control, url).await?;
+    let tables = preflight::captured_tables(&control, url, publication, wanted).await?;
+    preflight::check_tables(&control, url, &tables).await?;
+    let mut catalog = Catalog::new(url.clone(), control);
+    let mut out = Vec::with_capacity(tables.len());
+    for t in &tables {
+        out.push(catalog.table_schema(t, publication).await?);
+    }
+    Ok(out)
+}
+
 /// Runs capture until `shutdown` turns true (then drains, confirms and returns `Ok`) or a
 /// permanent error. Transient failures (server restart, dropped connection) are retried with
 /// backoff from the last confirmed position.

@@ -1,4 +1,5 @@
 //! The roles of the one binary, one module each.
 
+pub mod run;
 pub mod setup;
 pub mod stream;

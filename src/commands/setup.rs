@@ -104,5 +104,24 @@ pub async fn run(args: SetupArgs) -> Result<()> {
         ),
     }
     println!("source ready");
+    if args.warehouse.warehouse_url.is_some() {
+        let wh = super::run::prepare_warehouse(
+            &url,
+            &args.source.publication,
+            Some(&tables),
+            &args.warehouse,
+        )
+        .await?;
+        println!("warehouse {}", wh.url().masked());
+        println!(
+            "  ok  schemas totes_cdc and staging, the {} model in schema {}",
+            match args.warehouse.model {
+                crate::apply::warehouse::Model::Totesys => "totesys star",
+                crate::apply::warehouse::Model::None => "(no)",
+            },
+            args.warehouse.warehouse_schema
+        );
+        println!("warehouse ready");
+    }
     Ok(())
 }

@@ -82,7 +82,7 @@ impl Op {
 }
 
 /// One column value as the source sent it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Datum {
     Null,
     /// The value's text output form (UTF-8).

@@ -3,6 +3,7 @@
 
 pub mod compare;
 pub mod pg;
+pub mod star;
 pub mod totesys;
 
 use std::io::{BufRead, BufReader, Read};

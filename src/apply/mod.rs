@@ -1,0 +1,102 @@
+//! Apply: change events in micro-batches into the warehouse, exactly once in effect. Each
+//! batch is one warehouse transaction; only after it commits is the batch acknowledged, and
+//! only then does capture confirm the LSN to the source.
+
+pub mod batch;
+pub mod warehouse;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc;
+
+use crate::capture::Backoff;
+use crate::transport::{Acker, Item};
+use warehouse::{ApplyError, Warehouse};
+
+#[derive(Debug, Clone)]
+pub struct ApplyConfig {
+    pub batch_max_events: usize,
+    pub batch_max_wait: Duration,
+}
+
+/// Counters shared with progress reporting and metrics.
+#[derive(Debug, Default)]
+pub struct ApplyStats {
+    pub batches: AtomicU64,
+    pub events: AtomicU64,
+    pub dead_letters: AtomicU64,
+    pub retries: AtomicU64,
+    /// Source commit → warehouse commit of the newest event, in milliseconds.
+    pub last_latency_ms: AtomicU64,
+    /// Wall time of the last batch, in microseconds.
+    pub last_batch_us: AtomicU64,
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// Applies batches from `rx` until it closes; retries transient warehouse failures (nothing is
+/// acknowledged meanwhile) and stops on a permanent one.
+pub async fn run(
+    mut rx: mpsc::Receiver<Item>,
+    acker: Acker,
+    mut wh: Warehouse,
+    cfg: ApplyConfig,
+    stats: Arc<ApplyStats>,
+) -> Result<(), ApplyError> {
+    while let Some(batch) =
+        batch::next_batch(&mut rx, cfg.batch_max_events, cfg.batch_max_wait).await
+    {
+        if batch.events.is_empty() {
+            // Only transaction ends: nothing to write, everything before is durable.
+            acker.ack(batch.last_seqno);
+            continue;
+        }
+        let mut backoff = Backoff::new();
+        loop {
+            let started = Instant::now();
+            match wh.apply(&batch).await {
+                Ok(applied) => {
+                    stats.batches.fetch_add(1, Ordering::Relaxed);
+                    stats
+                        .events
+                        .fetch_add(applied.events as u64, Ordering::Relaxed);
+                    stats
+                        .dead_letters
+                        .fetch_add(applied.dead_letters as u64, Ordering::Relaxed);
+                    stats
+                        .last_batch_us
+                        .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    if let Some(ts) = batch.newest_commit_ts_us {
+                        let lat = (now_us() - ts).max(0) as u64 / 1000;
+                        stats.last_latency_ms.store(lat, Ordering::Relaxed);
+                    }
+                    tracing::debug!(
+                        events = applied.events,
+                        ms = started.elapsed().as_millis() as u64,
+                        "batch applied"
+                    );
+                    acker.ack(batch.last_seqno);
+                    break;
+                }
+                Err(e) if e.is_transient() => {
+                    stats.retries.fetch_add(1, Ordering::Relaxed);
+                    let delay = backoff.next_delay();
+                    tracing::warn!(
+                        "warehouse unavailable, retrying the batch in {:.1}s (nothing is acknowledged meanwhile): {e}",
+                        delay.as_secs_f64()
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,154 @@
+//! Warehouse DDL: the pipeline's own schema, the staging mirrors of the source tables, and the
+//! star schema of the model. The SQL lives in `sql/warehouse/`; the binary embeds those files.
+
+use crate::event::{TableSchema, ValueKind};
+use crate::pg::{ident, quote_ident};
+
+/// Bumped when the warehouse layout changes incompatibly.
+pub const SCHEMA_VERSION: i32 = 1;
+
+pub const TOTES_CDC_SQL: &str = include_str!("../../../sql/warehouse/00_totes_cdc.sql");
+pub const STAR_SQL: &str = include_str!("../../../sql/warehouse/01_star.sql");
+pub const ISO4217_SQL: &str = include_str!("../../../sql/warehouse/iso4217.sql");
+
+/// The totesys model's transforms, run in this order inside every batch transaction.
+pub const STAR_TRANSFORMS: &[(&str, &str)] = &[
+    (
+        "10_dim_location.sql",
+        include_str!("../../../sql/warehouse/star/10_dim_location.sql"),
+    ),
+    (
+        "11_dim_counterparty.sql",
+        include_str!("../../../sql/warehouse/star/11_dim_counterparty.sql"),
+    ),
+    (
+        "12_dim_staff.sql",
+        include_str!("../../../sql/warehouse/star/12_dim_staff.sql"),
+    ),
+    (
+        "13_dim_currency.sql",
+        include_str!("../../../sql/warehouse/star/13_dim_currency.sql"),
+    ),
+    (
+        "14_dim_design.sql",
+        include_str!("../../../sql/warehouse/star/14_dim_design.sql"),
+    ),
+    (
+        "15_dim_payment_type.sql",
+        include_str!("../../../sql/warehouse/star/15_dim_payment_type.sql"),
+    ),
+    (
+        "16_dim_transaction.sql",
+        include_str!("../../../sql/warehouse/star/16_dim_transaction.sql"),
+    ),
+    (
+        "20_fact_sales_order.sql",
+        include_str!("../../../sql/warehouse/star/20_fact_sales_order.sql"),
+    ),
+    (
+        "21_fact_purchase_order.sql",
+        include_str!("../../../sql/warehouse/star/21_fact_purchase_order.sql"),
+    ),
+    (
+        "22_fact_payment.sql",
+        include_str!("../../../sql/warehouse/star/22_fact_payment.sql"),
+    ),
+    (
+        "30_dim_date.sql",
+        include_str!("../../../sql/warehouse/star/30_dim_date.sql"),
+    ),
+];
+
+/// The source tables the totesys model reads.
+pub const TOTESYS_TABLES: &[&str] = &[
+    "address",
+    "counterparty",
+    "currency",
+    "department",
+    "design",
+    "payment",
+    "payment_type",
+    "purchase_order",
+    "sales_order",
+    "staff",
+    "transaction",
+];
+
+/// Fills the `{{schema}}` placeholder.
+pub fn with_schema(sql: &str, schema: &str) -> String {
+    sql.replace("{{schema}}", &ident(schema))
+}
+
+/// The staging mirror's bare name: the table's name for schema public, `schema__table` otherwise.
+pub fn staging_name(schema: &str, table: &str) -> String {
+    if schema == "public" {
+        table.to_string()
+    } else {
+        format!("{schema}__{table}")
+    }
+}
+
+/// `staging.<name>`, quoted.
+pub fn staging_table(schema: &str, table: &str) -> String {
+    format!("staging.{}", quote_ident(&staging_name(schema, table)))
+}
+
+/// The temporary table holding a batch's events of a source table, quoted.
+pub fn batch_table(staging_name: &str) -> String {
+    quote_ident(&format!("batch_{staging_name}"))
+}
+
+/// The column type in the warehouse: built-in types as the source spells them; user-defined
+/// types (enums, domains, composites) as text, since the warehouse does not have them.
+pub fn warehouse_type(c: &crate::event::Column) -> String {
+    const FIRST_USER_OID: u32 = 16384;
+    if c.type_oid < FIRST_USER_OID {
+        c.type_name.clone()
+    } else if matches!(c.kind, ValueKind::Array(_)) {
+        "text[]".into()
+    } else {
+        "text".into()
+    }
+}
+
+/// Statements creating (or completing) the staging mirror of `t`: the source columns with the
+/// same types (nullable, so a delete can leave a tombstone), then the event position, the
+/// deleted flag and the apply time; the primary key is the source's.
+pub fn staging_ddl(t: &TableSchema) -> Vec<String> {
+    let table = staging_table(&t.schema, &t.name);
+    let mut cols: Vec<String> = t
+        .columns
+        .iter()
+        .map(|c| format!("{} {}", quote_ident(&c.name), warehouse_type(c)))
+        .collect();
+    cols.push("_lsn pg_lsn NOT NULL".into());
+    cols.push("_seq integer NOT NULL".into());
+    cols.push("_deleted boolean NOT NULL DEFAULT false".into());
+    cols.push("_applied_at timestamptz NOT NULL DEFAULT now()".into());
+    let key: Vec<String> = t
+        .key
+        .iter()
+        .map(|&i| quote_ident(&t.columns[i].name))
+        .collect();
+    cols.push(format!("PRIMARY KEY ({})", key.join(", ")));
+    let mut out = vec![format!(
+        "CREATE TABLE IF NOT EXISTS {table} (\n    {}\n)",
+        cols.join(",\n    ")
+    )];
+    // A column added at the source after the mirror was made.
+    for c in &t.columns {
+        out.push(format!(
+            "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {} {}",
+            quote_ident(&c.name),
+            warehouse_type(c)
+        ));
+    }
+    out.push(format!(
+        "COMMENT ON TABLE {table} IS {}",
+        crate::pg::quote_literal(&format!(
+            "Mirror of {}.{} kept by totes-cdc: source columns, event position (_lsn, _seq), tombstone flag (_deleted), apply time.",
+            t.schema, t.name
+        ))
+    ));
+    out
+}

@@ -1,0 +1,572 @@
+//! The Postgres warehouse: setup of its schemas, and one transaction per micro-batch — COPY
+//! the events into temporary tables, merge them into staging under the position guard, refresh
+//! the star rows they touch, record the checkpoint, commit.
+
+pub mod copy;
+pub mod ddl;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::SinkExt;
+use thiserror::Error;
+use tokio_postgres::{Client, Transaction};
+
+use super::batch::Batch;
+use crate::event::{ChangeEvent, Datum, Op, TableSchema};
+use crate::pg::{quote_ident, quote_literal, PgError, PgUrl};
+
+/// Which star schema is derived from staging.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Model {
+    /// The totesys star schemas (sql/warehouse/star).
+    Totesys,
+    /// Staging mirrors only.
+    None,
+}
+
+#[derive(Debug, Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Pg(#[from] PgError),
+    #[error("the warehouse has no staging table for {table}. Run `totes-cdc setup` with the same source, publication and tables")]
+    NoStaging { table: String },
+    #[error("model totesys needs the source tables {missing} in staging; capture them (tables option) or set model = none")]
+    ModelTables { missing: String },
+    #[error("the warehouse at {target} was set up by a newer totes-cdc (schema version {found}, this binary knows {known}); upgrade totes-cdc")]
+    NewerSchema {
+        target: String,
+        found: i32,
+        known: i32,
+    },
+}
+
+impl ApplyError {
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ApplyError::Pg(e) => e.is_transient(),
+            _ => false,
+        }
+    }
+}
+
+/// What the warehouse knows about one staging mirror.
+#[derive(Debug, Clone)]
+struct Mirror {
+    staging: String,
+    batch: String,
+    key: Vec<String>,
+    columns: Vec<String>,
+}
+
+/// What one batch did.
+#[derive(Debug, Default, Clone)]
+pub struct Applied {
+    pub events: usize,
+    /// Events per source table (`schema.table`).
+    pub per_table: BTreeMap<String, usize>,
+    pub dead_letters: usize,
+}
+
+pub struct Warehouse {
+    url: PgUrl,
+    schema: String,
+    model: Model,
+    /// Checkpoint name of this writer.
+    checkpoint: String,
+    source_database: String,
+    client: Option<Client>,
+    mirrors: HashMap<String, Mirror>,
+}
+
+impl Warehouse {
+    pub fn new(
+        url: PgUrl,
+        schema: &str,
+        model: Model,
+        checkpoint: &str,
+        source_database: &str,
+    ) -> Self {
+        Self {
+            url,
+            schema: schema.to_string(),
+            model,
+            checkpoint: checkpoint.to_string(),
+            source_database: source_database.to_string(),
+            client: None,
+            mirrors: HashMap::new(),
+        }
+    }
+
+    pub fn url(&self) -> &PgUrl {
+        &self.url
+    }
+
+    fn err(&self, context: impl Into<String>, e: tokio_postgres::Error) -> ApplyError {
+        ApplyError::Pg(self.url.query_error(context, e))
+    }
+
+    /// Creates or completes the warehouse for these source tables (idempotent; safe to run
+    /// from several processes at once).
+    pub async fn setup(&mut self, tables: &[Arc<TableSchema>]) -> Result<(), ApplyError> {
+        let mut client = self.url.connect().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| self.err("starting setup", e))?;
+        tx.batch_execute("SELECT pg_advisory_xact_lock(hashtext('totes_cdc.setup'))")
+            .await
+            .map_err(|e| self.err("locking setup", e))?;
+        tx.batch_execute(ddl::TOTES_CDC_SQL)
+            .await
+            .map_err(|e| self.err("creating schema totes_cdc", e))?;
+        let found: Option<i32> = tx
+            .query_one("SELECT max(version) FROM totes_cdc.schema_version", &[])
+            .await
+            .map_err(|e| self.err("reading the schema version", e))?
+            .get(0);
+        if let Some(found) = found.filter(|&v| v > ddl::SCHEMA_VERSION) {
+            return Err(ApplyError::NewerSchema {
+                target: self.url.target(),
+                found,
+                known: ddl::SCHEMA_VERSION,
+            });
+        }
+        tx.batch_execute(ddl::ISO4217_SQL)
+            .await
+            .map_err(|e| self.err("loading ISO 4217 currency names", e))?;
+        for t in tables {
+            for stmt in ddl::staging_ddl(t) {
+                tx.batch_execute(&stmt).await.map_err(|e| {
+                    self.err(
+                        format!("creating the staging mirror of {}", t.qualified_name()),
+                        e,
+                    )
+                })?;
+            }
+        }
+        if self.model == Model::Totesys {
+            let have: Vec<&str> = tables
+                .iter()
+                .filter(|t| t.schema == "public")
+                .map(|t| t.name.as_str())
+                .collect();
+            let missing: Vec<&str> = ddl::TOTESYS_TABLES
+                .iter()
+                .copied()
+                .filter(|t| !have.contains(t))
+                .collect();
+            if !missing.is_empty() {
+                return Err(ApplyError::ModelTables {
+                    missing: missing.join(", "),
+                });
+            }
+            tx.batch_execute(&ddl::with_schema(ddl::STAR_SQL, &self.schema))
+                .await
+                .map_err(|e| self.err("creating the star schema", e))?;
+        }
+        tx.execute(
+            "INSERT INTO totes_cdc.schema_version (version) VALUES ($1) ON CONFLICT DO NOTHING",
+            &[&ddl::SCHEMA_VERSION],
+        )
+        .await
+        .map_err(|e| self.err("recording the schema version", e))?;
+        tx.commit()
+            .await
+            .map_err(|e| self.err("committing setup", e))?;
+        Ok(())
+    }
+
+    /// The session: connected, with a batch table for every staging mirror.
+    async fn session(&mut self) -> Result<&mut Client, ApplyError> {
+        if self.client.as_ref().is_some_and(|c| c.is_closed()) {
+            self.client = None;
+        }
+        if self.client.is_none() {
+            let client = self.url.connect().await?;
+            let rows = client
+                .query(
+                    "SELECT c.relname::text, \
+                       array(SELECT a.attname::text FROM pg_attribute a WHERE a.attrelid = c.oid \
+                             AND a.attnum > 0 AND NOT a.attisdropped \
+                             AND a.attname NOT IN ('_lsn', '_seq', '_deleted', '_applied_at') ORDER BY a.attnum), \
+                       array(SELECT a.attname::text FROM pg_index i JOIN pg_attribute a \
+                             ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+                             WHERE i.indrelid = c.oid AND i.indisprimary \
+                             ORDER BY array_position(i.indkey::int2[], a.attnum)) \
+                     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE n.nspname = 'staging' AND c.relkind = 'r'",
+                    &[],
+                )
+                .await
+                .map_err(|e| self.err("reading the staging mirrors", e))?;
+            let mut mirrors = HashMap::new();
+            let mut ddl_sql = String::new();
+            for r in rows {
+                let name: String = r.get(0);
+                let columns: Vec<String> = r.get(1);
+                let key: Vec<String> = r.get(2);
+                let m = Mirror {
+                    staging: format!("staging.{}", quote_ident(&name)),
+                    batch: ddl::batch_table(&name),
+                    key,
+                    columns,
+                };
+                let cols: Vec<String> = m.columns.iter().map(|c| quote_ident(c)).collect();
+                ddl_sql.push_str(&format!(
+                    "CREATE TEMP TABLE IF NOT EXISTS {} ON COMMIT DELETE ROWS AS \
+                     SELECT {}, _lsn, _seq, ''::text AS _op, NULL::text[] AS _unchanged FROM {} WITH NO DATA;\n",
+                    m.batch,
+                    cols.join(", "),
+                    m.staging
+                ));
+                mirrors.insert(name, m);
+            }
+            client
+                .batch_execute(&ddl_sql)
+                .await
+                .map_err(|e| self.url.query_error("creating the batch tables", e))?;
+            self.mirrors = mirrors;
+            self.client = Some(client);
+        }
+        self.client
+            .as_mut()
+            .ok_or_else(|| ApplyError::NoStaging { table: "?".into() })
+    }
+
+    /// Applies one batch in one transaction. Applying the same batch again changes nothing.
+    pub async fn apply(&mut self, batch: &Batch) -> Result<Applied, ApplyError> {
+        let schema = self.schema.clone();
+        let model = self.model;
+        let checkpoint = self.checkpoint.clone();
+        let database = self.source_database.clone();
+        let url = self.url.clone();
+        let groups = group_by_table(&batch.events);
+        self.session().await?;
+        let mirrors = self.mirrors.clone();
+        let client = self
+            .client
+            .as_mut()
+            .ok_or_else(|| ApplyError::NoStaging { table: "?".into() })?;
+        let err = |ctx: &str, e: tokio_postgres::Error| ApplyError::Pg(url.query_error(ctx, e));
+
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| err("starting the batch transaction", e))?;
+        let mut applied = Applied {
+            events: batch.events.len(),
+            ..Default::default()
+        };
+        for (name, events) in &groups {
+            let t = &events[0].table;
+            let mirror = mirrors
+                .get(&ddl::staging_name(&t.schema, &t.name))
+                .ok_or_else(|| ApplyError::NoStaging {
+                    table: name.clone(),
+                })?;
+            applied.per_table.insert(name.clone(), events.len());
+            let dead = load_batch_table(&tx, mirror, events, &database, &url).await?;
+            applied.dead_letters += dead;
+            merge_into_staging(&tx, mirror, events, &url).await?;
+        }
+        if model == Model::Totesys && !batch.events.is_empty() {
+            let mut sql = String::new();
+            for (_, body) in ddl::STAR_TRANSFORMS {
+                sql.push_str(&ddl::with_schema(body, &schema));
+                sql.push('\n');
+            }
+            tx.batch_execute(&sql)
+                .await
+                .map_err(|e| err("refreshing the star schema", e))?;
+        }
+        if let Some(last) = batch.events.iter().map(|e| e.position).max() {
+            let ts = batch.newest_commit_ts_us.unwrap_or(0) as f64 / 1e6;
+            tx.execute(
+                "INSERT INTO totes_cdc.checkpoints AS c (name, lsn, seq, commit_ts, updated_at) \
+                 VALUES ($1, $2::text::pg_lsn, $3, to_timestamp($4), now()) \
+                 ON CONFLICT (name) DO UPDATE SET lsn = EXCLUDED.lsn, seq = EXCLUDED.seq, \
+                   commit_ts = EXCLUDED.commit_ts, updated_at = now() \
+                 WHERE (c.lsn, c.seq) < (EXCLUDED.lsn, EXCLUDED.seq)",
+                &[&checkpoint, &last.lsn.to_string(), &last.seq, &ts],
+            )
+            .await
+            .map_err(|e| err("recording the checkpoint", e))?;
+        }
+        tx.commit()
+            .await
+            .map_err(|e| err("committing the batch", e))?;
+        Ok(applied)
+    }
+}
+
+/// Events grouped by source table, in batch order within each table.
+fn group_by_table(events: &[ChangeEvent]) -> BTreeMap<String, Vec<ChangeEvent>> {
+    let mut groups: BTreeMap<String, Vec<ChangeEvent>> = BTreeMap::new();
+    for ev in events {
+        groups
+            .entry(ev.table.qualified_name())
+            .or_default()
+            .push(ev.clone());
+    }
+    for events in groups.values_mut() {
+        resolve_unchanged_toast(events);
+    }
+    groups
+}
+
+/// An unchanged TOASTed value takes the value of the same row's previous event in the batch;
+/// what stays unresolved is filled from staging in SQL.
+fn resolve_unchanged_toast(events: &mut [ChangeEvent]) {
+    if !events.iter().any(|e| {
+        e.after
+            .as_ref()
+            .is_some_and(|a| a.iter().any(|d| matches!(d, Datum::UnchangedToast)))
+    }) {
+        return;
+    }
+    let mut last: HashMap<Vec<Datum>, Vec<Datum>> = HashMap::new();
+    for ev in events.iter_mut() {
+        let Some(key) = ev.key.clone() else { continue };
+        if let Some(after) = ev.after.as_mut() {
+            if let Some(prev) = last.get(&key) {
+                for (i, d) in after.iter_mut().enumerate() {
+                    if matches!(d, Datum::UnchangedToast) {
+                        if let Some(p) = prev.get(i).filter(|p| !matches!(p, Datum::UnchangedToast))
+                        {
+                            *d = p.clone();
+                        }
+                    }
+                }
+            }
+            last.insert(key, after.clone());
+        } else if ev.op == Op::Delete {
+            last.remove(&key);
+        }
+    }
+}
+
+/// COPYs the events into the batch table. A value the warehouse refuses sends its event to
+/// the dead letters (found by loading events one by one under savepoints) and the rest loads.
+async fn load_batch_table(
+    tx: &Transaction<'_>,
+    m: &Mirror,
+    events: &[ChangeEvent],
+    database: &str,
+    url: &PgUrl,
+) -> Result<usize, ApplyError> {
+    let t = &events[0].table;
+    for c in &t.columns {
+        if !m.columns.contains(&c.name) {
+            return Err(ApplyError::NoStaging {
+                table: format!("{} (column {} is new)", t.qualified_name(), c.name),
+            });
+        }
+    }
+    let mut cols: Vec<String> = t.columns.iter().map(|c| quote_ident(&c.name)).collect();
+    cols.extend(["_lsn", "_seq", "_op", "_unchanged"].map(String::from));
+    let stmt = format!("COPY {} ({}) FROM STDIN", m.batch, cols.join(", "));
+    tx.batch_execute("SAVEPOINT load")
+        .await
+        .map_err(|e| ApplyError::Pg(url.query_error("savepoint", e)))?;
+    let mut buf = Vec::with_capacity(events.len() * 128);
+    for ev in events {
+        encode_row(&mut buf, ev);
+    }
+    match copy_in(tx, &stmt, buf).await {
+        Ok(()) => return Ok(0),
+        Err(e) if !is_data_error(&e) => {
+            return Err(ApplyError::Pg(url.query_error(
+                format!("loading the batch of {}", t.qualified_name()),
+                e,
+            )))
+        }
+        Err(_) => {}
+    }
+    // Find the events the warehouse refuses, one by one.
+    tx.batch_execute("ROLLBACK TO SAVEPOINT load")
+        .await
+        .map_err(|e| ApplyError::Pg(url.query_error("rollback to savepoint", e)))?;
+    let mut dead = 0;
+    for ev in events {
+        let mut row = Vec::new();
+        encode_row(&mut row, ev);
+        tx.batch_execute("SAVEPOINT one")
+            .await
+            .map_err(|e| ApplyError::Pg(url.query_error("savepoint", e)))?;
+        if let Err(e) = copy_in(tx, &stmt, row).await {
+            if !is_data_error(&e) {
+                return Err(ApplyError::Pg(url.query_error("loading an event", e)));
+            }
+            tx.batch_execute("ROLLBACK TO SAVEPOINT one")
+                .await
+                .map_err(|e| ApplyError::Pg(url.query_error("rollback to savepoint", e)))?;
+            let reason = e
+                .as_db_error()
+                .map_or_else(|| e.to_string(), |d| d.message().to_string());
+            dead_letter(tx, ev, database, &reason, url).await?;
+            dead += 1;
+        }
+    }
+    Ok(dead)
+}
+
+fn is_data_error(e: &tokio_postgres::Error) -> bool {
+    e.code()
+        .is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("23"))
+}
+
+async fn copy_in(
+    tx: &Transaction<'_>,
+    stmt: &str,
+    data: Vec<u8>,
+) -> Result<(), tokio_postgres::Error> {
+    let sink = tx.copy_in::<_, Bytes>(stmt).await?;
+    futures_util::pin_mut!(sink);
+    sink.send(Bytes::from(data)).await?;
+    sink.finish().await?;
+    Ok(())
+}
+
+/// One batch-table row: the source columns, then position, op and unchanged-TOAST columns.
+fn encode_row(buf: &mut Vec<u8>, ev: &ChangeEvent) {
+    let t = &ev.table;
+    let n = t.columns.len();
+    let mut unchanged: Vec<&str> = Vec::new();
+    for i in 0..n {
+        if i > 0 {
+            buf.push(b'\t');
+        }
+        let d = match (&ev.after, &ev.key) {
+            (Some(after), _) => after.get(i).unwrap_or(&Datum::Null),
+            (None, Some(key)) => t
+                .key
+                .iter()
+                .position(|&k| k == i)
+                .and_then(|p| key.get(p))
+                .unwrap_or(&Datum::Null),
+            (None, None) => &Datum::Null,
+        };
+        if matches!(d, Datum::UnchangedToast) {
+            unchanged.push(&t.columns[i].name);
+        }
+        copy::field(buf, d);
+    }
+    buf.extend_from_slice(
+        format!(
+            "\t{}\t{}\t{}\t",
+            ev.position.lsn,
+            ev.position.seq,
+            ev.op.code()
+        )
+        .as_bytes(),
+    );
+    if unchanged.is_empty() {
+        buf.extend_from_slice(b"\\N");
+    } else {
+        copy::name_array(buf, &unchanged);
+    }
+    buf.push(b'\n');
+}
+
+async fn dead_letter(
+    tx: &Transaction<'_>,
+    ev: &ChangeEvent,
+    database: &str,
+    reason: &str,
+    url: &PgUrl,
+) -> Result<(), ApplyError> {
+    let mut json = Vec::new();
+    crate::event::json::write_envelope(&mut json, ev, database);
+    let json = String::from_utf8_lossy(&json).into_owned();
+    tracing::warn!(table = %ev.table.qualified_name(), position = %ev.position, %reason, "event sent to the dead letters");
+    tx.execute(
+        "INSERT INTO totes_cdc.dead_letters (source_table, lsn, seq, op, event, reason) \
+         VALUES ($1, $2::text::pg_lsn, $3, $4, $5::text::jsonb, $6) ON CONFLICT DO NOTHING",
+        &[
+            &ev.table.qualified_name(),
+            &ev.position.lsn.to_string(),
+            &ev.position.seq,
+            &ev.op.code(),
+            &json,
+            &reason,
+        ],
+    )
+    .await
+    .map_err(|e| ApplyError::Pg(url.query_error("writing a dead letter", e)))?;
+    Ok(())
+}
+
+/// Staging takes the latest event of each key, but only over an older position: a delete leaves
+/// a tombstone (its other columns keep their values) that an older event cannot resurrect.
+async fn merge_into_staging(
+    tx: &Transaction<'_>,
+    m: &Mirror,
+    events: &[ChangeEvent],
+    url: &PgUrl,
+) -> Result<(), ApplyError> {
+    let err = |ctx: &str, e: tokio_postgres::Error| ApplyError::Pg(url.query_error(ctx, e));
+    let t = &events[0].table;
+    let key: Vec<String> = m.key.iter().map(|k| quote_ident(k)).collect();
+    let keys = key.join(", ");
+    // Unchanged TOAST values not resolved within the batch keep the stored value.
+    let mut toast_cols: Vec<&str> = Vec::new();
+    for ev in events {
+        if let Some(after) = &ev.after {
+            for (i, d) in after.iter().enumerate() {
+                if matches!(d, Datum::UnchangedToast)
+                    && !toast_cols.contains(&t.columns[i].name.as_str())
+                {
+                    toast_cols.push(&t.columns[i].name);
+                }
+            }
+        }
+    }
+    let join: Vec<String> = key.iter().map(|k| format!("b.{k} = s.{k}")).collect();
+    let mut sql = String::new();
+    for c in &toast_cols {
+        let q = quote_ident(c);
+        sql.push_str(&format!(
+            "UPDATE {} b SET {q} = s.{q} FROM {} s WHERE {} AND {} = ANY(b._unchanged);\n",
+            m.batch,
+            m.staging,
+            join.join(" AND "),
+            quote_literal(c)
+        ));
+    }
+    let cols: Vec<String> = m.columns.iter().map(|c| quote_ident(c)).collect();
+    let sets: Vec<String> = cols
+        .iter()
+        .filter(|c| !key.contains(c))
+        .map(|c| format!("{c} = CASE WHEN EXCLUDED._deleted THEN s.{c} ELSE EXCLUDED.{c} END"))
+        .chain([
+            "_lsn = EXCLUDED._lsn".to_string(),
+            "_seq = EXCLUDED._seq".to_string(),
+            "_deleted = EXCLUDED._deleted".to_string(),
+            "_applied_at = EXCLUDED._applied_at".to_string(),
+        ])
+        .collect();
+    sql.push_str(&format!(
+        "INSERT INTO {staging} AS s ({cols}, _lsn, _seq, _deleted, _applied_at)\n\
+         SELECT DISTINCT ON ({keys}) {cols}, _lsn, _seq, _op = 'd', now() FROM {batch}\n\
+         WHERE _op <> 't' ORDER BY {keys}, _lsn DESC, _seq DESC\n\
+         ON CONFLICT ({keys}) DO UPDATE SET {sets}\n\
+         WHERE (s._lsn, s._seq) < (EXCLUDED._lsn, EXCLUDED._seq);\n",
+        staging = m.staging,
+        cols = cols.join(", "),
+        batch = m.batch,
+        sets = sets.join(", "),
+    ));
+    // A truncate leaves a tombstone on every row older than it.
+    for ev in events.iter().filter(|e| e.op == Op::Truncate) {
+        sql.push_str(&format!(
+            "UPDATE {} SET _deleted = true, _lsn = '{}', _seq = {}, _applied_at = now() \
+             WHERE (_lsn, _seq) < ('{}'::pg_lsn, {});\n",
+            m.staging, ev.position.lsn, ev.position.seq, ev.position.lsn, ev.position.seq
+        ));
+    }
+    tx.batch_execute(&sql)
+        .await
+        .map_err(|e| err(&format!("merging into {}", m.staging), e))
+}

@@ -1,0 +1,77 @@
+//! `totes-cdc run`: the embedded deployment — capture and apply in one process, the slot as
+//! the durable buffer between them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::sync::watch;
+
+use crate::apply::warehouse::Warehouse;
+use crate::apply::{self, ApplyConfig, ApplyStats};
+use crate::capture::catalog::TableName;
+use crate::capture::stream::CaptureStats;
+use crate::capture::{self};
+use crate::config::{RunArgs, WarehouseArgs};
+use crate::pg::PgUrl;
+use crate::transport;
+
+/// The checkpoint name of the embedded pipeline's writer.
+pub const CHECKPOINT: &str = "apply";
+
+pub fn warehouse_url(args: &WarehouseArgs) -> Result<PgUrl> {
+    let Some(raw) = &args.warehouse_url else {
+        anyhow::bail!("warehouse-url is required (flag --warehouse-url, env TOTES_CDC_WAREHOUSE_URL, or `warehouse-url` in the config file)");
+    };
+    Ok(PgUrl::parse(raw, "warehouse-url")?)
+}
+
+/// Creates or completes the warehouse for the tables capture will deliver.
+pub async fn prepare_warehouse(
+    source: &PgUrl,
+    publication: &str,
+    tables: Option<&[TableName]>,
+    args: &WarehouseArgs,
+) -> Result<Warehouse> {
+    let tables = capture::describe_tables(source, publication, tables).await?;
+    let mut wh = Warehouse::new(
+        warehouse_url(args)?,
+        &args.warehouse_schema,
+        args.model,
+        CHECKPOINT,
+        &source.database(),
+    );
+    wh.setup(&tables).await?;
+    Ok(wh)
+}
+
+pub async fn run(args: RunArgs, shutdown: watch::Receiver<bool>) -> Result<()> {
+    let cfg = super::stream::capture_config(&args.source, &args.capture)?;
+    let wh = prepare_warehouse(
+        &cfg.source,
+        &cfg.publication,
+        cfg.tables.as_deref(),
+        &args.warehouse,
+    )
+    .await?;
+    tracing::info!(
+        source = %cfg.source.masked(),
+        warehouse = %wh.url().masked(),
+        slot = %cfg.slot,
+        "starting the embedded pipeline"
+    );
+    let (tx, rx, acker) = transport::channel(args.capture.channel_capacity);
+    let apply_stats = Arc::new(ApplyStats::default());
+    let apply_cfg = ApplyConfig {
+        batch_max_events: args.warehouse.batch_max_events.max(1),
+        batch_max_wait: Duration::from_millis(args.warehouse.batch_max_ms),
+    };
+    let applier = tokio::spawn(apply::run(rx, acker, wh, apply_cfg, apply_stats.clone()));
+    let stats = Arc::new(CaptureStats::default());
+    let captured = capture::run(cfg, tx, shutdown, stats).await;
+    let applied = applier.await.context("the apply task failed")?;
+    // The apply error is the cause when both stopped.
+    applied?;
+    captured?;
+    Ok(())
+}

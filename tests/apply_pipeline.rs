@@ -1,0 +1,101 @@
+//! The embedded pipeline end to end: a totesys source under a realistic workload, `run`, and a
+//! warehouse that holds the spec's transform of the source.
+
+mod support;
+
+use std::time::Duration;
+
+use support::star::{assert_star, sync};
+use support::{totesys, PgCluster, Proc};
+
+const WAIT: Duration = Duration::from_secs(120);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_follows_a_realistic_workload() {
+    let pg = PgCluster::start();
+    let src = pg.create_db("src").await;
+    let wh = pg.create_db("wh").await;
+    totesys::create(&src).await;
+    totesys::publish(&src).await;
+    for n in 0..20 {
+        totesys::sale(&src, n).await;
+        totesys::purchase(&src, n).await;
+    }
+    let state = support::temp_dir("apply").to_string_lossy().into_owned();
+    let (src_url, wh_url) = (pg.url("src"), pg.url("wh"));
+    let p = Proc::spawn(
+        &[
+            "run",
+            "--source-url",
+            &src_url,
+            "--warehouse-url",
+            &wh_url,
+            "--state-dir",
+            &state,
+            "--batch-max-ms",
+            "200",
+        ],
+        &[],
+    );
+    sync(&src, &wh, WAIT).await;
+    assert_star(&src, &wh).await;
+
+    // The day's business: new bundles, the 07:55 "mark paid", hand edits that do not touch
+    // last_updated, and deletes of orders whose transaction is then SET NULL.
+    for n in 20..30 {
+        totesys::sale(&src, n).await;
+        totesys::purchase(&src, n).await;
+    }
+    src.batch_execute(
+        "UPDATE payment SET paid = true, last_updated = now()::timestamp(3) WHERE payment_date <= '2025-02-05';
+         UPDATE staff SET email_address = 'jeremie.okeefe@terrifictotes.com' WHERE staff_id = 7;
+         UPDATE department SET location = 'Leeds' WHERE department_name = 'Dispatch';
+         UPDATE address SET phone = '0161 496 0000' WHERE address_id = (SELECT legal_address_id FROM counterparty WHERE counterparty_id = 3);
+         UPDATE sales_order SET units_sold = units_sold + 1 WHERE sales_order_id = 1;
+         UPDATE sales_order SET units_sold = units_sold + 1 WHERE sales_order_id = 1;
+         DELETE FROM sales_order WHERE sales_order_id = 2;
+         DELETE FROM purchase_order WHERE purchase_order_id = 3;",
+    )
+    .await
+    .unwrap();
+    sync(&src, &wh, WAIT).await;
+    assert_star(&src, &wh).await;
+
+    // One fact version per change: order 1 was inserted and updated twice.
+    let versions: i64 = wh
+        .query_one(
+            "SELECT count(*) FROM fact_sales_order WHERE sales_order_id = 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(versions, 3);
+    // The deleted order keeps its history, none of it current.
+    let r = wh
+        .query_one(
+            "SELECT count(*), count(*) FILTER (WHERE is_current) FROM fact_sales_order WHERE sales_order_id = 2",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!((r.get::<_, i64>(0), r.get::<_, i64>(1)), (1, 0));
+    // Its transaction lost the reference (ON DELETE SET NULL), and the dimension followed.
+    let so: Option<i32> = wh
+        .query_one("SELECT t.sales_order_id FROM dim_transaction t JOIN staging.\"transaction\" s USING (transaction_id) WHERE s.transaction_type = 'SALE' AND s.sales_order_id IS NULL LIMIT 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(so, None);
+    // Staging mirrors the source, with a tombstone for the deleted order.
+    let tomb: bool = wh
+        .query_one(
+            "SELECT _deleted FROM staging.sales_order WHERE sales_order_id = 2",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(tomb);
+    drop(p);
+}

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod compare;
+pub mod fixture;
 pub mod pg;
 pub mod star;
 pub mod totesys;

@@ -243,6 +243,22 @@ fn date_attributes(date: &str) -> (i32, i32, i32, i32, String, String, i32) {
 /// Waits until the warehouse has applied everything the source committed so far: a harmless
 /// write goes through the pipeline and the checkpoint passes it.
 pub async fn sync(source: &Client, wh: &Client, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    // Streaming (the slot held by its walsender) starts once the initial snapshot is applied;
+    // a marker written before that would be part of the snapshot instead.
+    loop {
+        let active = source
+            .query_opt("SELECT active FROM pg_replication_slots WHERE slot_name = 'totes_cdc'", &[])
+            .await
+            .expect("slots")
+            .map(|r| r.get::<_, bool>(0))
+            .unwrap_or(false);
+        if active {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the pipeline never started streaming");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // The insert position: with synchronous_commit off the write position can lag behind
     // commits that have already returned.
     let before: String = source
@@ -254,7 +270,6 @@ pub async fn sync(source: &Client, wh: &Client, timeout: Duration) {
         .batch_execute("UPDATE currency SET last_updated = last_updated WHERE currency_id = (SELECT min(currency_id) FROM currency)")
         .await
         .expect("sync write");
-    let deadline = Instant::now() + timeout;
     loop {
         let done = wh
             .query_opt(

@@ -15,12 +15,23 @@ async fn the_real_snapshot_lands_as_the_spec_says() {
     let wh = pg.create_db("warehouse").await;
     src.batch_execute(&support::totesys_schema()).await.unwrap();
     let rows = fixture::load(&src).await;
-    assert_eq!(rows, 30 + 20 + 3 + 8 + 473 + 15_836 + 4 + 4_649 + 11_187 + 20 + 15_836);
+    assert_eq!(
+        rows,
+        30 + 20 + 3 + 8 + 473 + 15_836 + 4 + 4_649 + 11_187 + 20 + 15_836
+    );
     totesys::publish(&src).await;
     let state = support::temp_dir("real").to_string_lossy().into_owned();
     let (src_url, wh_url) = (pg.url("totesys"), pg.url("warehouse"));
     let _p = Proc::spawn(
-        &["run", "--source-url", &src_url, "--warehouse-url", &wh_url, "--state-dir", &state],
+        &[
+            "run",
+            "--source-url",
+            &src_url,
+            "--warehouse-url",
+            &wh_url,
+            "--state-dir",
+            &state,
+        ],
         &[],
     );
     sync(&src, &wh, Duration::from_secs(300)).await;
@@ -37,7 +48,10 @@ async fn the_real_snapshot_lands_as_the_spec_says() {
             .unwrap()
             .get(0);
         let f: i64 = wh
-            .query_one(&format!("SELECT count(DISTINCT ({key}, source_lsn, source_seq)) FROM {fact}"), &[])
+            .query_one(
+                &format!("SELECT count(DISTINCT ({key}, source_lsn, source_seq)) FROM {fact}"),
+                &[],
+            )
             .await
             .unwrap()
             .get(0);

@@ -29,7 +29,10 @@ pub const LOAD_ORDER: [&str; 11] = [
 ];
 
 fn dir() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/totesys-2024-11"))
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/totesys-2024-11"
+    ))
 }
 
 /// Money columns: float64 in the export, numeric(10,2) in the source.
@@ -99,11 +102,18 @@ fn rows_as_copy(batch: &RecordBatch, out: &mut String) {
                 }
                 DataType::Utf8 => copy_escape(out, col.as_string::<i32>().value(row)),
                 DataType::LargeUtf8 => copy_escape(out, col.as_string::<i64>().value(row)),
-                DataType::Boolean => out.push(if col.as_boolean().value(row) { 't' } else { 'f' }),
-                DataType::Timestamp(TimeUnit::Nanosecond, _) => {
-                    out.push_str(&format_ns(col.as_primitive::<TimestampNanosecondType>().value(row)))
-                }
-                other => panic!("fixture column {} has unexpected type {other}", field.name()),
+                DataType::Boolean => out.push(if col.as_boolean().value(row) {
+                    't'
+                } else {
+                    'f'
+                }),
+                DataType::Timestamp(TimeUnit::Nanosecond, _) => out.push_str(&format_ns(
+                    col.as_primitive::<TimestampNanosecondType>().value(row),
+                )),
+                other => panic!(
+                    "fixture column {} has unexpected type {other}",
+                    field.name()
+                ),
             }
         }
         out.push('\n');
@@ -115,7 +125,8 @@ fn rows_as_copy(batch: &RecordBatch, out: &mut String) {
 pub async fn load(client: &Client) -> u64 {
     let mut total = 0;
     for table in LOAD_ORDER {
-        let file = std::fs::File::open(dir().join(format!("{table}.parquet"))).expect("fixture file");
+        let file =
+            std::fs::File::open(dir().join(format!("{table}.parquet"))).expect("fixture file");
         let reader = ParquetRecordBatchReaderBuilder::try_new(file)
             .expect("parquet")
             .build()
@@ -145,7 +156,9 @@ pub async fn load(client: &Client) -> u64 {
             .expect("copy");
         futures_util::pin_mut!(sink);
         sink.send(Bytes::from(data)).await.expect("copy data");
-        sink.finish().await.unwrap_or_else(|e| panic!("loading {table}: {e}"));
+        sink.finish()
+            .await
+            .unwrap_or_else(|e| panic!("loading {table}: {e}"));
         client
             .batch_execute(&format!(
                 "SELECT setval(pg_get_serial_sequence('\"{table}\"', '{table}_id'), (SELECT max({table}_id) FROM \"{table}\"))"

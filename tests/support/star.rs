@@ -248,7 +248,10 @@ pub async fn sync(source: &Client, wh: &Client, timeout: Duration) {
     // a marker written before that would be part of the snapshot instead.
     loop {
         let active = source
-            .query_opt("SELECT active FROM pg_replication_slots WHERE slot_name = 'totes_cdc'", &[])
+            .query_opt(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = 'totes_cdc'",
+                &[],
+            )
             .await
             .expect("slots")
             .map(|r| r.get::<_, bool>(0))
@@ -256,7 +259,10 @@ pub async fn sync(source: &Client, wh: &Client, timeout: Duration) {
         if active {
             break;
         }
-        assert!(Instant::now() < deadline, "the pipeline never started streaming");
+        assert!(
+            Instant::now() < deadline,
+            "the pipeline never started streaming"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // The insert position: with synchronous_commit off the write position can lag behind

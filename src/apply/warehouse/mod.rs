@@ -499,7 +499,8 @@ async fn dead_letter(
 }
 
 /// Staging takes the latest event of each key, but only over an older position: a delete leaves
-/// a tombstone (its other columns keep their values) that an older event cannot resurrect.
+/// a tombstone (the key, its position, `_deleted`, other columns NULL — the same whatever order
+/// the events came in) that an older event cannot resurrect.
 async fn merge_into_staging(
     tx: &Transaction<'_>,
     m: &Mirror,
@@ -539,7 +540,7 @@ async fn merge_into_staging(
     let sets: Vec<String> = cols
         .iter()
         .filter(|c| !key.contains(c))
-        .map(|c| format!("{c} = CASE WHEN EXCLUDED._deleted THEN s.{c} ELSE EXCLUDED.{c} END"))
+        .map(|c| format!("{c} = EXCLUDED.{c}"))
         .chain([
             "_lsn = EXCLUDED._lsn".to_string(),
             "_seq = EXCLUDED._seq".to_string(),
@@ -559,9 +560,14 @@ async fn merge_into_staging(
         sets = sets.join(", "),
     ));
     // A truncate leaves a tombstone on every row older than it.
+    let nulls: String = cols
+        .iter()
+        .filter(|c| !key.contains(c))
+        .map(|c| format!("{c} = NULL, "))
+        .collect();
     for ev in events.iter().filter(|e| e.op == Op::Truncate) {
         sql.push_str(&format!(
-            "UPDATE {} SET _deleted = true, _lsn = '{}', _seq = {}, _applied_at = now() \
+            "UPDATE {} SET {nulls}_deleted = true, _lsn = '{}', _seq = {}, _applied_at = now() \
              WHERE (_lsn, _seq) < ('{}'::pg_lsn, {});\n",
             m.staging, ev.position.lsn, ev.position.seq, ev.position.lsn, ev.position.seq
         ));

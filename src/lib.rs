@@ -6,5 +6,6 @@ pub mod capture;
 pub mod commands;
 pub mod config;
 pub mod event;
+pub mod fault;
 pub mod pg;
 pub mod transport;

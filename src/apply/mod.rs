@@ -82,6 +82,7 @@ pub async fn run(
                         ms = started.elapsed().as_millis() as u64,
                         "batch applied"
                     );
+                    crate::fault::point("after-commit");
                     acker.ack(batch.last_seqno);
                     break;
                 }

@@ -54,6 +54,37 @@ pub enum Command {
     Stream(StreamArgs),
     /// The embedded pipeline: capture and apply in one process.
     Run(RunArgs),
+    /// Slot, positions, lag and dead letters.
+    Status(StatusArgs),
+    /// Compare the warehouse with the source; exit 1 on any difference.
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+
+    /// PostgreSQL URL of the warehouse database (optional here).
+    #[arg(long, env = "TOTES_CDC_WAREHOUSE_URL", value_name = "URL")]
+    pub warehouse_url: Option<String>,
+
+    /// One JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+
+    #[command(flatten)]
+    pub warehouse: WarehouseArgs,
+
+    /// Differences listed per table.
+    #[arg(long, default_value_t = 10)]
+    pub show: usize,
 }
 
 /// Where and what to capture.

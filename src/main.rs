@@ -42,6 +42,8 @@ fn main() -> ExitCode {
             Command::Setup(args) => totes_cdc::commands::setup::run(args).await,
             Command::Stream(args) => totes_cdc::commands::stream::run(args, shutdown).await,
             Command::Run(args) => totes_cdc::commands::run::run(args, shutdown).await,
+            Command::Status(args) => totes_cdc::commands::status::run(args).await,
+            Command::Verify(args) => totes_cdc::commands::verify::run(args).await,
         }
     });
     match result {

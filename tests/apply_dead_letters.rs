@@ -27,7 +27,15 @@ async fn a_text_date_that_is_not_a_date_is_dead_lettered_and_the_batch_goes_on()
     let state = support::temp_dir("dead").to_string_lossy().into_owned();
     let (src_url, wh_url) = (pg.url("src"), pg.url("wh"));
     let _p = Proc::spawn(
-        &["run", "--source-url", &src_url, "--warehouse-url", &wh_url, "--state-dir", &state],
+        &[
+            "run",
+            "--source-url",
+            &src_url,
+            "--warehouse-url",
+            &wh_url,
+            "--state-dir",
+            &state,
+        ],
         &[],
     );
     sync(&src, &wh, WAIT).await;
@@ -43,7 +51,10 @@ async fn a_text_date_that_is_not_a_date_is_dead_lettered_and_the_batch_goes_on()
     .unwrap();
     sync(&src, &wh, WAIT).await;
     let bad: i32 = src
-        .query_one("SELECT sales_order_id FROM sales_order WHERE agreed_delivery_date = '2025-02-30'", &[])
+        .query_one(
+            "SELECT sales_order_id FROM sales_order WHERE agreed_delivery_date = '2025-02-30'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -59,7 +70,8 @@ async fn a_text_date_that_is_not_a_date_is_dead_lettered_and_the_batch_goes_on()
     assert_eq!(r.get::<_, String>(0), "public.sales_order");
     assert_eq!(r.get::<_, String>(3), "c");
     assert!(
-        r.get::<_, String>(4).contains("agreed_delivery_date '2025-02-30' is not a date"),
+        r.get::<_, String>(4)
+            .contains("agreed_delivery_date '2025-02-30' is not a date"),
         "{}",
         r.get::<_, String>(4)
     );
@@ -107,10 +119,18 @@ async fn a_malformed_value_is_dead_lettered_and_the_rest_loads() {
     wh.setup(&tables).await.unwrap();
     let staff = tables.iter().find(|t| t.name == "staff").unwrap().clone();
     let row = |id: &str, dept: &str| -> Vec<Datum> {
-        [id, "Ann", "O'Keefe", dept, "a@b.c", "2024-11-15 10:00:00", "2024-11-15 10:00:00"]
-            .iter()
-            .map(|v| Datum::Text(Bytes::from(v.to_string())))
-            .collect()
+        [
+            id,
+            "Ann",
+            "O'Keefe",
+            dept,
+            "a@b.c",
+            "2024-11-15 10:00:00",
+            "2024-11-15 10:00:00",
+        ]
+        .iter()
+        .map(|v| Datum::Text(Bytes::from(v.to_string())))
+        .collect()
     };
     let ev = |seq: i32, after: Vec<Datum>| ChangeEvent {
         op: Op::Insert,
@@ -123,7 +143,11 @@ async fn a_malformed_value_is_dead_lettered_and_the_rest_loads() {
         after: Some(after),
     };
     let batch = Batch {
-        events: vec![ev(0, row("101", "1")), ev(1, row("102", "not-a-number")), ev(2, row("103", "2"))],
+        events: vec![
+            ev(0, row("101", "1")),
+            ev(1, row("102", "not-a-number")),
+            ev(2, row("103", "2")),
+        ],
         ..Default::default()
     };
     let applied = wh.apply(&batch).await.unwrap();
@@ -138,10 +162,18 @@ async fn a_malformed_value_is_dead_lettered_and_the_rest_loads() {
         .collect();
     assert_eq!(ids, [101, 103]);
     let r = whc
-        .query_one("SELECT reason, seq, event->'after'->>'department_id' FROM totes_cdc.dead_letters", &[])
+        .query_one(
+            "SELECT reason, seq, event->'after'->>'department_id' FROM totes_cdc.dead_letters",
+            &[],
+        )
         .await
         .unwrap();
-    assert!(r.get::<_, String>(0).contains("invalid input syntax for type integer"), "{}", r.get::<_, String>(0));
+    assert!(
+        r.get::<_, String>(0)
+            .contains("invalid input syntax for type integer"),
+        "{}",
+        r.get::<_, String>(0)
+    );
     assert_eq!(r.get::<_, i32>(1), 1);
     assert_eq!(r.get::<_, String>(2), "not-a-number");
     // Applying it again changes nothing.

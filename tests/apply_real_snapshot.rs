@@ -69,4 +69,75 @@ async fn the_real_snapshot_lands_as_the_spec_says() {
         .unwrap()
         .get(0);
     assert_eq!(dead, 0);
+
+    // verify agrees, and status reports the positions.
+    let (status, out, err) = support::run(
+        &[
+            "verify",
+            "--source-url",
+            &src_url,
+            "--warehouse-url",
+            &wh_url,
+        ],
+        &[],
+    );
+    assert!(status.success(), "{out}{err}");
+    assert!(out.contains("no differences"), "{out}");
+    let (status, out, err) = support::run(
+        &[
+            "status",
+            "--json",
+            "--source-url",
+            &src_url,
+            "--warehouse-url",
+            &wh_url,
+        ],
+        &[],
+    );
+    assert!(status.success(), "{err}");
+    let s: serde_json::Value = serde_json::from_str(out.trim()).expect("status JSON");
+    for key in [
+        "source_current_lsn",
+        "slot_confirmed_flush_lsn",
+        "warehouse_applied_lsn",
+        "lag_bytes",
+        "lag_seconds",
+        "dead_letters",
+    ] {
+        assert!(s.get(key).is_some(), "status lacks {key}: {s}");
+    }
+    assert_eq!(s["dead_letters"], 0);
+    assert!(s["warehouse_applied_lsn"].is_string());
+
+    // A warehouse that drifted: verify names the table and the key, and exits 1.
+    wh.batch_execute(
+        "UPDATE staging.staff SET last_name = 'Changed' WHERE staff_id = 3;
+         UPDATE dim_location SET city = 'Nowhere' WHERE location_id = 5;
+         UPDATE fact_payment SET paid = NOT paid WHERE payment_id = 42 AND is_current;",
+    )
+    .await
+    .unwrap();
+    let (status, out, _) = support::run(
+        &[
+            "verify",
+            "--source-url",
+            &src_url,
+            "--warehouse-url",
+            &wh_url,
+        ],
+        &[],
+    );
+    assert!(!status.success());
+    assert!(
+        out.contains("DIFF  staging public.staff") && out.contains("key 3: differs"),
+        "{out}"
+    );
+    assert!(
+        out.contains("DIFF  public.dim_location") && out.contains("Nowhere"),
+        "{out}"
+    );
+    assert!(
+        out.contains("DIFF  public.fact_payment") && out.contains("\"payment_id\": 42"),
+        "{out}"
+    );
 }

@@ -2,4 +2,6 @@
 
 pub mod run;
 pub mod setup;
+pub mod status;
 pub mod stream;
+pub mod verify;

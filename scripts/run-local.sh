@@ -43,7 +43,11 @@ if ! psql_ -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'totesys'
   psql_ -d totesys -f scripts/seed.sql
 fi
 
+if ! psql_ -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'warehouse'" | grep -q 1; then
+  psql_ -d postgres -c "CREATE DATABASE warehouse"
+fi
 url="postgres://postgres@127.0.0.1:$port/totesys"
-./target/release/totes-cdc setup --source-url "$url"
-echo "capturing $url (one JSON change event per line; Ctrl-C stops)"
-./target/release/totes-cdc stream --source-url "$url" --state-dir "$data_root/state" --sink stdout
+wh="postgres://postgres@127.0.0.1:$port/warehouse"
+./target/release/totes-cdc setup --source-url "$url" --warehouse-url "$wh"
+echo "running the pipeline: $url -> $wh (Ctrl-C stops)"
+./target/release/totes-cdc run --source-url "$url" --warehouse-url "$wh" --state-dir "$data_root/state"

@@ -1,41 +1,54 @@
--- fact_purchase_order: one row per captured version of a purchase order; staff_id stays.
+-- fact_purchase_order: one row per captured version of a purchase order; staff_id stays. The
+-- rules are those of fact_sales_order (see 20_fact_sales_order.sql).
+WITH versions AS MATERIALIZED (
+    SELECT b.*, totes_cdc.is_date(b.agreed_delivery_date) AS delivery_ok,
+           totes_cdc.is_date(b.agreed_payment_date) AS payment_ok
+    FROM batch_purchase_order b
+    WHERE b._op IN ('r', 'c', 'u')
+), dead AS (
+    INSERT INTO totes_cdc.dead_letters (source_table, lsn, seq, op, event, reason)
+    SELECT 'public.purchase_order', v._lsn, v._seq, v._op,
+           to_jsonb(v) - '_lsn' - '_seq' - '_op' - '_unchanged' - 'payment_ok' - 'delivery_ok',
+           CASE WHEN NOT v.delivery_ok
+                THEN format('agreed_delivery_date %L is not a date (YYYY-MM-DD)', v.agreed_delivery_date)
+                ELSE format('agreed_payment_date %L is not a date (YYYY-MM-DD)', v.agreed_payment_date)
+           END
+    FROM versions v
+    WHERE NOT (v.delivery_ok AND v.payment_ok)
+    ON CONFLICT DO NOTHING
+), facts AS (
+    INSERT INTO {{schema}}.fact_purchase_order
+        (purchase_order_id, created_date, created_time, last_updated_date, last_updated_time,
+         staff_id, counterparty_id, item_code, item_quantity, item_unit_price, currency_id,
+         agreed_delivery_date, agreed_payment_date, agreed_delivery_location_id,
+         source_lsn, source_seq, is_current)
+    SELECT v.purchase_order_id, v.created_at::date, v.created_at::time, v.last_updated::date,
+           v.last_updated::time, v.staff_id, v.counterparty_id, v.item_code, v.item_quantity,
+           v.item_unit_price, v.currency_id, v.agreed_delivery_date::date, v.agreed_payment_date::date,
+           v.agreed_delivery_location_id, v._lsn, v._seq,
+           NOT s._deleted AND s._lsn = v._lsn AND s._seq = v._seq
+    FROM versions v
+    JOIN staging.purchase_order s ON s.purchase_order_id = v.purchase_order_id
+    WHERE v.delivery_ok AND v.payment_ok
+    ON CONFLICT (purchase_order_id, source_lsn, source_seq) DO NOTHING
+    RETURNING created_date, last_updated_date, agreed_delivery_date, agreed_payment_date
+)
+INSERT INTO {{schema}}.dim_date (date_id, year, month, day, day_of_week, day_name, month_name, quarter)
+SELECT d, extract(year FROM d)::int, extract(month FROM d)::int, extract(day FROM d)::int,
+       extract(isodow FROM d)::int, to_char(d, 'FMDay'), to_char(d, 'FMMonth'),
+       extract(quarter FROM d)::int
+FROM (SELECT DISTINCT unnest(ARRAY[created_date, last_updated_date, agreed_delivery_date, agreed_payment_date]) AS d
+      FROM facts) dates
+ON CONFLICT (date_id) DO NOTHING;
 
-INSERT INTO totes_cdc.dead_letters (source_table, lsn, seq, op, event, reason)
-SELECT 'public.purchase_order', b._lsn, b._seq, b._op, to_jsonb(b) - '_lsn' - '_seq' - '_op',
-       CASE WHEN NOT totes_cdc.is_date(b.agreed_delivery_date)
-            THEN format('agreed_delivery_date %L is not a date (YYYY-MM-DD)', b.agreed_delivery_date)
-            ELSE format('agreed_payment_date %L is not a date (YYYY-MM-DD)', b.agreed_payment_date)
-       END
-FROM batch_purchase_order b
-WHERE b._op IN ('r', 'c', 'u')
-  AND NOT (totes_cdc.is_date(b.agreed_delivery_date) AND totes_cdc.is_date(b.agreed_payment_date))
-ON CONFLICT DO NOTHING;
+UPDATE {{schema}}.fact_purchase_order f SET is_current = false
+FROM staging.purchase_order s
+WHERE f.is_current
+  AND f.purchase_order_id IN (SELECT purchase_order_id FROM batch_purchase_order WHERE _op <> 't')
+  AND s.purchase_order_id = f.purchase_order_id
+  AND (s._deleted OR s._lsn <> f.source_lsn OR s._seq <> f.source_seq);
 
-INSERT INTO {{schema}}.fact_purchase_order
-    (purchase_order_id, created_date, created_time, last_updated_date, last_updated_time,
-     staff_id, counterparty_id, item_code, item_quantity, item_unit_price, currency_id,
-     agreed_delivery_date, agreed_payment_date, agreed_delivery_location_id,
-     source_lsn, source_seq, is_current)
-SELECT b.purchase_order_id, b.created_at::date, b.created_at::time, b.last_updated::date,
-       b.last_updated::time, b.staff_id, b.counterparty_id, b.item_code, b.item_quantity,
-       b.item_unit_price, b.currency_id, b.agreed_delivery_date::date, b.agreed_payment_date::date,
-       b.agreed_delivery_location_id, b._lsn, b._seq, false
-FROM batch_purchase_order b
-WHERE b._op IN ('r', 'c', 'u')
-  AND totes_cdc.is_date(b.agreed_delivery_date) AND totes_cdc.is_date(b.agreed_payment_date)
-ON CONFLICT (purchase_order_id, source_lsn, source_seq) DO NOTHING;
-
-UPDATE {{schema}}.fact_purchase_order SET is_current = false
-WHERE is_current AND EXISTS (SELECT 1 FROM batch_purchase_order WHERE _op = 't');
-
-UPDATE {{schema}}.fact_purchase_order f SET is_current = v.cur
-FROM (
-    SELECT f.purchase_record_id,
-           f.purchase_record_id = first_value(f.purchase_record_id) OVER w
-               AND NOT coalesce(s._deleted, false) AS cur
-    FROM {{schema}}.fact_purchase_order f
-    LEFT JOIN staging.purchase_order s ON s.purchase_order_id = f.purchase_order_id
-    WHERE f.purchase_order_id IN (SELECT purchase_order_id FROM batch_purchase_order WHERE _op <> 't')
-    WINDOW w AS (PARTITION BY f.purchase_order_id ORDER BY f.source_lsn DESC, f.source_seq DESC)
-) v
-WHERE f.purchase_record_id = v.purchase_record_id AND f.is_current IS DISTINCT FROM v.cur;
+UPDATE {{schema}}.fact_purchase_order f SET is_current = false
+FROM staging.purchase_order s
+WHERE f.is_current AND s.purchase_order_id = f.purchase_order_id AND s._deleted
+  AND EXISTS (SELECT 1 FROM batch_purchase_order WHERE _op = 't');

@@ -1,35 +1,48 @@
 -- fact_payment: one row per captured version of a payment; company_ac_number and
--- counterparty_ac_number dropped.
+-- counterparty_ac_number dropped. The rules are those of fact_sales_order
+-- (see 20_fact_sales_order.sql).
+WITH versions AS MATERIALIZED (
+    SELECT b.*, totes_cdc.is_date(b.payment_date) AS date_ok
+    FROM batch_payment b
+    WHERE b._op IN ('r', 'c', 'u')
+), dead AS (
+    INSERT INTO totes_cdc.dead_letters (source_table, lsn, seq, op, event, reason)
+    SELECT 'public.payment', v._lsn, v._seq, v._op,
+           to_jsonb(v) - '_lsn' - '_seq' - '_op' - '_unchanged' - 'date_ok',
+           format('payment_date %L is not a date (YYYY-MM-DD)', v.payment_date)
+    FROM versions v
+    WHERE NOT v.date_ok
+    ON CONFLICT DO NOTHING
+), facts AS (
+    INSERT INTO {{schema}}.fact_payment
+        (payment_id, created_date, created_time, last_updated_date, last_updated_time,
+         transaction_id, counterparty_id, payment_amount, currency_id, payment_type_id, paid,
+         payment_date, source_lsn, source_seq, is_current)
+    SELECT v.payment_id, v.created_at::date, v.created_at::time, v.last_updated::date,
+           v.last_updated::time, v.transaction_id, v.counterparty_id, v.payment_amount,
+           v.currency_id, v.payment_type_id, v.paid, v.payment_date::date, v._lsn, v._seq,
+           NOT s._deleted AND s._lsn = v._lsn AND s._seq = v._seq
+    FROM versions v
+    JOIN staging.payment s ON s.payment_id = v.payment_id
+    WHERE v.date_ok
+    ON CONFLICT (payment_id, source_lsn, source_seq) DO NOTHING
+    RETURNING created_date, last_updated_date, payment_date
+)
+INSERT INTO {{schema}}.dim_date (date_id, year, month, day, day_of_week, day_name, month_name, quarter)
+SELECT d, extract(year FROM d)::int, extract(month FROM d)::int, extract(day FROM d)::int,
+       extract(isodow FROM d)::int, to_char(d, 'FMDay'), to_char(d, 'FMMonth'),
+       extract(quarter FROM d)::int
+FROM (SELECT DISTINCT unnest(ARRAY[created_date, last_updated_date, payment_date]) AS d FROM facts) dates
+ON CONFLICT (date_id) DO NOTHING;
 
-INSERT INTO totes_cdc.dead_letters (source_table, lsn, seq, op, event, reason)
-SELECT 'public.payment', b._lsn, b._seq, b._op, to_jsonb(b) - '_lsn' - '_seq' - '_op',
-       format('payment_date %L is not a date (YYYY-MM-DD)', b.payment_date)
-FROM batch_payment b
-WHERE b._op IN ('r', 'c', 'u') AND NOT totes_cdc.is_date(b.payment_date)
-ON CONFLICT DO NOTHING;
+UPDATE {{schema}}.fact_payment f SET is_current = false
+FROM staging.payment s
+WHERE f.is_current
+  AND f.payment_id IN (SELECT payment_id FROM batch_payment WHERE _op <> 't')
+  AND s.payment_id = f.payment_id
+  AND (s._deleted OR s._lsn <> f.source_lsn OR s._seq <> f.source_seq);
 
-INSERT INTO {{schema}}.fact_payment
-    (payment_id, created_date, created_time, last_updated_date, last_updated_time,
-     transaction_id, counterparty_id, payment_amount, currency_id, payment_type_id, paid,
-     payment_date, source_lsn, source_seq, is_current)
-SELECT b.payment_id, b.created_at::date, b.created_at::time, b.last_updated::date,
-       b.last_updated::time, b.transaction_id, b.counterparty_id, b.payment_amount,
-       b.currency_id, b.payment_type_id, b.paid, b.payment_date::date, b._lsn, b._seq, false
-FROM batch_payment b
-WHERE b._op IN ('r', 'c', 'u') AND totes_cdc.is_date(b.payment_date)
-ON CONFLICT (payment_id, source_lsn, source_seq) DO NOTHING;
-
-UPDATE {{schema}}.fact_payment SET is_current = false
-WHERE is_current AND EXISTS (SELECT 1 FROM batch_payment WHERE _op = 't');
-
-UPDATE {{schema}}.fact_payment f SET is_current = v.cur
-FROM (
-    SELECT f.payment_record_id,
-           f.payment_record_id = first_value(f.payment_record_id) OVER w
-               AND NOT coalesce(s._deleted, false) AS cur
-    FROM {{schema}}.fact_payment f
-    LEFT JOIN staging.payment s ON s.payment_id = f.payment_id
-    WHERE f.payment_id IN (SELECT payment_id FROM batch_payment WHERE _op <> 't')
-    WINDOW w AS (PARTITION BY f.payment_id ORDER BY f.source_lsn DESC, f.source_seq DESC)
-) v
-WHERE f.payment_record_id = v.payment_record_id AND f.is_current IS DISTINCT FROM v.cur;
+UPDATE {{schema}}.fact_payment f SET is_current = false
+FROM staging.payment s
+WHERE f.is_current AND s.payment_id = f.payment_id AND s._deleted
+  AND EXISTS (SELECT 1 FROM batch_payment WHERE _op = 't');

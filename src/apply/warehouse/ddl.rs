@@ -53,10 +53,6 @@ pub const STAR_TRANSFORMS: &[(&str, &str)] = &[
         "22_fact_payment.sql",
         include_str!("../../../sql/warehouse/star/22_fact_payment.sql"),
     ),
-    (
-        "30_dim_date.sql",
-        include_str!("../../../sql/warehouse/star/30_dim_date.sql"),
-    ),
 ];
 
 /// The source tables the totesys model reads.

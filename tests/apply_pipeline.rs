@@ -99,3 +99,93 @@ async fn run_follows_a_realistic_workload() {
     assert!(tomb);
     drop(p);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unchanged_toast_value_keeps_the_stored_one() {
+    let pg = PgCluster::start();
+    let src = pg.create_db("src").await;
+    let wh = pg.create_db("wh").await;
+    src.batch_execute(
+        "CREATE TABLE doc (id int PRIMARY KEY, title text, body text);
+         INSERT INTO doc VALUES (1, 'a', (SELECT string_agg(md5(g::text), '') FROM generate_series(1, 2000) g));
+         CREATE PUBLICATION totes_cdc FOR TABLE doc;",
+    )
+    .await
+    .unwrap();
+    let state = support::temp_dir("toast").to_string_lossy().into_owned();
+    let (src_url, wh_url) = (pg.url("src"), pg.url("wh"));
+    let _p = Proc::spawn(
+        &[
+            "run",
+            "--source-url",
+            &src_url,
+            "--warehouse-url",
+            &wh_url,
+            "--state-dir",
+            &state,
+            "--model",
+            "none",
+            "--batch-max-ms",
+            "100",
+        ],
+        &[],
+    );
+    let deadline = std::time::Instant::now() + WAIT;
+    let applied = |n: i64| {
+        let wh = &wh;
+        async move {
+            wh.query_opt("SELECT count(*) FROM staging.doc WHERE title = 'c'", &[])
+                .await
+                .ok()
+                .flatten()
+                .map(|r| r.get::<_, i64>(0))
+                == Some(n)
+        }
+    };
+    // One update in its own batch (the body comes from staging), then two in one batch (the
+    // second takes the body of the first).
+    src.batch_execute("UPDATE doc SET title = 'b' WHERE id = 1")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    src.batch_execute("BEGIN; UPDATE doc SET body = 'short now' WHERE id = 1; UPDATE doc SET title = 'c' WHERE id = 1; COMMIT;")
+        .await
+        .unwrap();
+    while !applied(1).await {
+        assert!(std::time::Instant::now() < deadline, "not applied");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let body: String = wh
+        .query_one("SELECT body FROM staging.doc WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(body, "short now");
+    src.batch_execute("UPDATE doc SET body = (SELECT string_agg(md5(g::text), '') FROM generate_series(1, 3000) g) WHERE id = 1")
+        .await
+        .unwrap();
+    src.batch_execute("UPDATE doc SET title = 'd' WHERE id = 1")
+        .await
+        .unwrap();
+    let expected: String = src
+        .query_one("SELECT body FROM doc WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    loop {
+        let r = wh
+            .query_one("SELECT title, body FROM staging.doc WHERE id = 1", &[])
+            .await
+            .unwrap();
+        if r.get::<_, String>(0) == "d" {
+            assert_eq!(
+                r.get::<_, Option<String>>(1).as_deref(),
+                Some(expected.as_str()),
+                "the TOASTed body was lost"
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not applied");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

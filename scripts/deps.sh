@@ -19,3 +19,10 @@ if [ -z "$pg_bin" ]; then
   as_root sh -c 'printf "#!/bin/sh\nexit 101\n" > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d'
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 postgresql-client-15 >/dev/null
 fi
+
+# The AWS emulator (moto serves S3 and Kinesis) and DuckDB, the independent Parquet reader the
+# lake tests use.
+if ! command -v moto_server >/dev/null 2>&1 || ! python3 -c 'import duckdb, flask' >/dev/null 2>&1; then
+  echo "installing moto[server] and duckdb from PyPI (test services)..." >&2
+  python3 -m pip install -q --disable-pip-version-check 'moto[server]' duckdb >/dev/null
+fi

@@ -178,6 +178,11 @@ pub struct WarehouseArgs {
     #[arg(long, env = "TOTES_CDC_MODEL", default_value = "totesys")]
     pub model: crate::apply::warehouse::Model,
 
+    /// Where every batch is also written as Parquet: a directory, s3://bucket/prefix, or
+    /// `none`.
+    #[arg(long, env = "TOTES_CDC_LAKE", default_value = "./data/lake")]
+    pub lake: String,
+
     /// A batch closes at this many events...
     #[arg(long, env = "TOTES_CDC_BATCH_MAX_EVENTS", default_value_t = 10_000)]
     pub batch_max_events: usize,

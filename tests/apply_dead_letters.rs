@@ -25,6 +25,7 @@ async fn a_text_date_that_is_not_a_date_is_dead_lettered_and_the_batch_goes_on()
     totesys::create(&src).await;
     totesys::publish(&src).await;
     let state = support::temp_dir("dead").to_string_lossy().into_owned();
+    let lake = format!("{state}/lake");
     let (src_url, wh_url) = (pg.url("src"), pg.url("wh"));
     let _p = Proc::spawn(
         &[
@@ -35,6 +36,8 @@ async fn a_text_date_that_is_not_a_date_is_dead_lettered_and_the_batch_goes_on()
             &wh_url,
             "--state-dir",
             &state,
+            "--lake",
+            &lake,
         ],
         &[],
     );

@@ -58,7 +58,7 @@ fn spawn_workload(url: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle
     })
 }
 
-fn run_args<'a>(src: &'a str, wh: &'a str, state: &'a str) -> Vec<&'a str> {
+fn run_args<'a>(src: &'a str, wh: &'a str, state: &'a str, lake: &'a str) -> Vec<&'a str> {
     vec![
         "run",
         "--source-url",
@@ -67,6 +67,8 @@ fn run_args<'a>(src: &'a str, wh: &'a str, state: &'a str) -> Vec<&'a str> {
         wh,
         "--state-dir",
         state,
+        "--lake",
+        lake,
         "--batch-max-ms",
         "100",
         "--heartbeat-interval",
@@ -158,8 +160,9 @@ async fn kill_9_at_random_moments_loses_and_doubles_nothing() {
     );
     oracle.wait_log("streaming changes", WAIT);
     let state = support::temp_dir("kill-run").to_string_lossy().into_owned();
+    let lake = format!("{state}/lake");
     // The pipeline's slot exists before the orders do: every fact version is streamed.
-    let first = Proc::spawn(&run_args(&src_url, &wh_url, &state), &[]);
+    let first = Proc::spawn(&run_args(&src_url, &wh_url, &state, &lake), &[]);
     first.wait_log("streaming changes", WAIT);
     drop(first);
 
@@ -177,7 +180,7 @@ async fn kill_9_at_random_moments_loses_and_doubles_nothing() {
             // Crash exactly between a warehouse commit and its acknowledgement.
             let nth = (1 + rng.next(4)).to_string();
             let mut p = Proc::spawn(
-                &run_args(&src_url, &wh_url, &state),
+                &run_args(&src_url, &wh_url, &state, &lake),
                 &[("TOTES_CDC_FAULT", &format!("after-commit:{nth}"))],
             );
             let status = p.wait(WAIT);
@@ -188,7 +191,7 @@ async fn kill_9_at_random_moments_loses_and_doubles_nothing() {
                 p.stderr()
             );
         } else {
-            let mut p = Proc::spawn(&run_args(&src_url, &wh_url, &state), &[]);
+            let mut p = Proc::spawn(&run_args(&src_url, &wh_url, &state, &lake), &[]);
             std::thread::sleep(Duration::from_millis(200 + rng.next(2500)));
             p.kill9();
         }
@@ -197,7 +200,7 @@ async fn kill_9_at_random_moments_loses_and_doubles_nothing() {
     let writes = workload.await.unwrap();
     assert!(writes > 50, "the workload ran ({writes} writes)");
 
-    let _last = Proc::spawn(&run_args(&src_url, &wh_url, &state), &[]);
+    let _last = Proc::spawn(&run_args(&src_url, &wh_url, &state, &lake), &[]);
     sync(&src, &wh, WAIT).await;
     assert_star(&src, &wh).await;
     // Every version the independent capture saw is a fact exactly once, and nothing else is.
@@ -239,7 +242,8 @@ async fn a_warehouse_restart_is_waited_out() {
     let state = support::temp_dir("whrestart")
         .to_string_lossy()
         .into_owned();
-    let p = Proc::spawn(&run_args(&src_url, &wh_url, &state), &[]);
+    let lake = format!("{state}/lake");
+    let p = Proc::spawn(&run_args(&src_url, &wh_url, &state, &lake), &[]);
     sync(&src, &wh, WAIT).await;
     drop(wh);
     wh_pg.stop();

@@ -22,6 +22,7 @@ async fn run_follows_a_realistic_workload() {
         totesys::purchase(&src, n).await;
     }
     let state = support::temp_dir("apply").to_string_lossy().into_owned();
+    let lake = format!("{state}/lake");
     let (src_url, wh_url) = (pg.url("src"), pg.url("wh"));
     let p = Proc::spawn(
         &[
@@ -32,6 +33,8 @@ async fn run_follows_a_realistic_workload() {
             &wh_url,
             "--state-dir",
             &state,
+            "--lake",
+            &lake,
             "--batch-max-ms",
             "200",
         ],
@@ -113,6 +116,7 @@ async fn an_unchanged_toast_value_keeps_the_stored_one() {
     .await
     .unwrap();
     let state = support::temp_dir("toast").to_string_lossy().into_owned();
+    let lake = format!("{state}/lake");
     let (src_url, wh_url) = (pg.url("src"), pg.url("wh"));
     let _p = Proc::spawn(
         &[
@@ -123,6 +127,8 @@ async fn an_unchanged_toast_value_keeps_the_stored_one() {
             &wh_url,
             "--state-dir",
             &state,
+            "--lake",
+            &lake,
             "--model",
             "none",
             "--batch-max-ms",

@@ -21,6 +21,7 @@ async fn the_real_snapshot_lands_as_the_spec_says() {
     );
     totesys::publish(&src).await;
     let state = support::temp_dir("real").to_string_lossy().into_owned();
+    let lake = format!("{state}/lake");
     let (src_url, wh_url) = (pg.url("totesys"), pg.url("warehouse"));
     let _p = Proc::spawn(
         &[
@@ -31,6 +32,8 @@ async fn the_real_snapshot_lands_as_the_spec_says() {
             &wh_url,
             "--state-dir",
             &state,
+            "--lake",
+            &lake,
         ],
         &[],
     );

@@ -51,3 +51,30 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
             make_date(substr(t, 1, 4)::int, substr(t, 6, 2)::int, 1) + interval '1 month' - interval '1 day')
     END
 $$;
+
+-- The lake's committed files, recorded in the transaction of the batch that wrote them: a
+-- reader lists exactly these. Files of a batch that never committed are not here.
+CREATE TABLE IF NOT EXISTS totes_cdc.lake_files (
+    path text PRIMARY KEY,
+    kind text NOT NULL,
+    table_name text NOT NULL,
+    first_lsn pg_lsn NOT NULL,
+    first_seq integer NOT NULL,
+    last_lsn pg_lsn NOT NULL,
+    last_seq integer NOT NULL,
+    rows integer NOT NULL,
+    bytes bigint NOT NULL,
+    committed_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS lake_files_table ON totes_cdc.lake_files (kind, table_name, last_lsn, last_seq);
+
+-- Files about to be written for a batch (committed before the write, so a crash between the
+-- write and the batch's commit leaves a record); removed with the batch's commit. After a
+-- crash the next start rebuilds that batch, and any of its files not written again is deleted.
+CREATE TABLE IF NOT EXISTS totes_cdc.lake_pending (
+    path text PRIMARY KEY,
+    -- events in the batch: after a restart the same events form the same batch again, and its
+    -- files are rewritten under the same names with the same bytes
+    batch_events integer NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);

@@ -38,29 +38,55 @@ impl Batch {
     }
 }
 
-/// Takes the next batch; `None` once the channel is closed and drained.
+/// How the next batch closes.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_events: usize,
+    /// `None`: wait for `max_events` however long it takes (to form a batch again exactly).
+    pub max_wait: Option<Duration>,
+}
+
+/// Takes the next batch; `None` once the channel is closed and drained. Events `skip` says are
+/// already applied are dropped before they count.
 pub async fn next_batch(
     rx: &mut mpsc::Receiver<Item>,
-    max_events: usize,
-    max_wait: Duration,
+    limits: Limits,
+    skip: impl Fn(&ChangeEvent) -> bool,
 ) -> Option<Batch> {
-    let first = rx.recv().await?;
     let mut batch = Batch::default();
-    batch.push(first);
-    let deadline = tokio::time::Instant::now() + max_wait;
-    while batch.events.len() < max_events {
+    let add = |batch: &mut Batch, item: Item| {
+        if let ItemKind::Change(ev) = &item.kind {
+            if skip(ev) {
+                batch.last_seqno = item.seqno;
+                batch.items += 1;
+                return;
+            }
+        }
+        batch.push(item);
+    };
+    let first = rx.recv().await?;
+    add(&mut batch, first);
+    let deadline = limits.max_wait.map(|w| tokio::time::Instant::now() + w);
+    while batch.events.len() < limits.max_events {
         // Take what is already queued without waiting.
         match rx.try_recv() {
             Ok(item) => {
-                batch.push(item);
+                add(&mut batch, item);
                 continue;
             }
             Err(mpsc::error::TryRecvError::Disconnected) => break,
             Err(mpsc::error::TryRecvError::Empty) => {}
         }
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some(item)) => batch.push(item),
-            Ok(None) | Err(_) => break,
+        let next = match deadline {
+            Some(d) => match tokio::time::timeout_at(d, rx.recv()).await {
+                Ok(item) => item,
+                Err(_) => break,
+            },
+            None => rx.recv().await,
+        };
+        match next {
+            Some(item) => add(&mut batch, item),
+            None => break,
         }
     }
     Some(batch)

@@ -3,6 +3,7 @@
 //! only then does capture confirm the LSN to the source.
 
 pub mod batch;
+pub mod lake;
 pub mod warehouse;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +29,8 @@ pub struct ApplyStats {
     pub events: AtomicU64,
     pub dead_letters: AtomicU64,
     pub retries: AtomicU64,
+    pub lake_files: AtomicU64,
+    pub lake_bytes: AtomicU64,
     /// Source commit → warehouse commit of the newest event, in milliseconds.
     pub last_latency_ms: AtomicU64,
     /// Wall time of the last batch, in microseconds.
@@ -50,9 +53,32 @@ pub async fn run(
     cfg: ApplyConfig,
     stats: Arc<ApplyStats>,
 ) -> Result<(), ApplyError> {
-    while let Some(batch) =
-        batch::next_batch(&mut rx, cfg.batch_max_events, cfg.batch_max_wait).await
-    {
+    // A batch whose lake files a crash left uncommitted is formed again, event for event.
+    let mut replay = loop {
+        match wh.prepare().await {
+            Ok(r) => break r,
+            Err(e) if e.is_transient() => {
+                tracing::warn!("warehouse unavailable, retrying: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    loop {
+        let limits = match replay.take() {
+            Some(n) => batch::Limits {
+                max_events: n,
+                max_wait: None,
+            },
+            None => batch::Limits {
+                max_events: cfg.batch_max_events,
+                max_wait: Some(cfg.batch_max_wait),
+            },
+        };
+        let Some(batch) = batch::next_batch(&mut rx, limits, |ev| wh.already_committed(ev)).await
+        else {
+            break;
+        };
         if batch.events.is_empty() {
             // Only transaction ends: nothing to write, everything before is durable.
             acker.ack(batch.last_seqno);
@@ -70,6 +96,12 @@ pub async fn run(
                     stats
                         .dead_letters
                         .fetch_add(applied.dead_letters as u64, Ordering::Relaxed);
+                    stats
+                        .lake_files
+                        .fetch_add(applied.lake_files as u64, Ordering::Relaxed);
+                    stats
+                        .lake_bytes
+                        .fetch_add(applied.lake_bytes as u64, Ordering::Relaxed);
                     stats
                         .last_batch_us
                         .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
@@ -89,8 +121,13 @@ pub async fn run(
                 Err(e) if e.is_transient() => {
                     stats.retries.fetch_add(1, Ordering::Relaxed);
                     let delay = backoff.next_delay();
+                    let what = if matches!(e, ApplyError::Lake(_)) {
+                        "lake"
+                    } else {
+                        "warehouse"
+                    };
                     tracing::warn!(
-                        "warehouse unavailable, retrying the batch in {:.1}s (nothing is acknowledged meanwhile): {e}",
+                        "{what} unavailable, retrying the batch in {:.1}s (nothing is acknowledged meanwhile): {e}",
                         delay.as_secs_f64()
                     );
                     tokio::time::sleep(delay).await;

@@ -185,11 +185,14 @@ pub async fn run(
                     for t in &todo {
                         schemas.push(catalog.table_schema(t, &cfg.publication).await?);
                     }
+                    state.attempt += 1;
+                    state_file.store(&state)?;
+                    let cp = Lsn::parse(&state.consistent_point).unwrap_or(confirmed);
                     let job = SnapshotJob {
                         url: url.clone(),
                         tables: schemas,
                         snapshot_name: None,
-                        consistent_point: Lsn::parse(&state.consistent_point).unwrap_or(confirmed),
+                        consistent_point: Lsn(cp.0.saturating_sub(state.attempt as u64)),
                         parallelism: cfg.snapshot_parallelism,
                     };
                     run_snapshot(job, &mut sink, &state_file, &mut state).await?;

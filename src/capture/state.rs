@@ -16,6 +16,11 @@ pub struct SnapshotState {
     pub done_tables: Vec<String>,
     /// Every table is done.
     pub complete: bool,
+    /// 0 for the snapshot the slot exported; each redo after a crash counts up. A redo's rows
+    /// carry the consistent point minus this number, so their positions differ from the
+    /// interrupted attempt's and still sort before every streamed change.
+    #[serde(default)]
+    pub attempt: u32,
 }
 
 /// Where the state of one slot lives.

@@ -42,6 +42,10 @@ pub async fn prepare_warehouse(
         &source.database(),
     );
     wh.setup(&tables).await?;
+    if args.lake != "none" {
+        let store = crate::apply::lake::Store::open(&args.lake).await?;
+        wh = wh.with_lake(store);
+    }
     Ok(wh)
 }
 
@@ -57,6 +61,7 @@ pub async fn run(args: RunArgs, shutdown: watch::Receiver<bool>) -> Result<()> {
     tracing::info!(
         source = %cfg.source.masked(),
         warehouse = %wh.url().masked(),
+        lake = %wh.lake().map_or("none".to_string(), |s| s.describe()),
         slot = %cfg.slot,
         "starting the embedded pipeline"
     );

@@ -167,6 +167,11 @@ async fn compare_star(
         "CREATE TEMP TABLE dim_date ON COMMIT DROP AS SELECT * FROM {s}.dim_date WITH NO DATA; \
          ALTER TABLE pg_temp.dim_date ADD PRIMARY KEY (date_id);\n"
     ));
+    for t in ddl::STAR_TABLES {
+        setup.push_str(&format!(
+            "CREATE TEMP TABLE IF NOT EXISTS produced_{t} ON COMMIT DROP AS SELECT * FROM {s}.{t} WITH NO DATA;\n"
+        ));
+    }
     for (_, body) in ddl::STAR_TRANSFORMS {
         setup.push_str(&ddl::with_schema(body, "pg_temp"));
         setup.push('\n');

@@ -3,6 +3,7 @@
 
 pub mod compare;
 pub mod fixture;
+pub mod moto;
 pub mod pg;
 pub mod star;
 pub mod totesys;

@@ -37,15 +37,20 @@ WITH versions AS MATERIALIZED (
     JOIN staging.sales_order s ON s.sales_order_id = v.sales_order_id
     WHERE v.payment_ok AND v.delivery_ok
     ON CONFLICT (sales_order_id, source_lsn, source_seq) DO NOTHING
-    RETURNING created_date, last_updated_date, agreed_payment_date, agreed_delivery_date
+    RETURNING *
+), produced AS (
+    INSERT INTO produced_fact_sales_order SELECT * FROM facts
+), dates AS (
+    INSERT INTO {{schema}}.dim_date (date_id, year, month, day, day_of_week, day_name, month_name, quarter)
+    SELECT d, extract(year FROM d)::int, extract(month FROM d)::int, extract(day FROM d)::int,
+           extract(isodow FROM d)::int, to_char(d, 'FMDay'), to_char(d, 'FMMonth'),
+           extract(quarter FROM d)::int
+    FROM (SELECT DISTINCT unnest(ARRAY[created_date, last_updated_date, agreed_payment_date, agreed_delivery_date]) AS d
+          FROM facts) dates
+    ON CONFLICT (date_id) DO NOTHING
+    RETURNING *
 )
-INSERT INTO {{schema}}.dim_date (date_id, year, month, day, day_of_week, day_name, month_name, quarter)
-SELECT d, extract(year FROM d)::int, extract(month FROM d)::int, extract(day FROM d)::int,
-       extract(isodow FROM d)::int, to_char(d, 'FMDay'), to_char(d, 'FMMonth'),
-       extract(quarter FROM d)::int
-FROM (SELECT DISTINCT unnest(ARRAY[created_date, last_updated_date, agreed_payment_date, agreed_delivery_date]) AS d
-      FROM facts) dates
-ON CONFLICT (date_id) DO NOTHING;
+INSERT INTO produced_dim_date SELECT * FROM dates;
 
 -- Older versions of the touched orders, and those of deleted or truncated orders, step down.
 UPDATE {{schema}}.fact_sales_order f SET is_current = false

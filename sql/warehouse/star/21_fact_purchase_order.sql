@@ -31,15 +31,20 @@ WITH versions AS MATERIALIZED (
     JOIN staging.purchase_order s ON s.purchase_order_id = v.purchase_order_id
     WHERE v.delivery_ok AND v.payment_ok
     ON CONFLICT (purchase_order_id, source_lsn, source_seq) DO NOTHING
-    RETURNING created_date, last_updated_date, agreed_delivery_date, agreed_payment_date
+    RETURNING *
+), produced AS (
+    INSERT INTO produced_fact_purchase_order SELECT * FROM facts
+), dates AS (
+    INSERT INTO {{schema}}.dim_date (date_id, year, month, day, day_of_week, day_name, month_name, quarter)
+    SELECT d, extract(year FROM d)::int, extract(month FROM d)::int, extract(day FROM d)::int,
+           extract(isodow FROM d)::int, to_char(d, 'FMDay'), to_char(d, 'FMMonth'),
+           extract(quarter FROM d)::int
+    FROM (SELECT DISTINCT unnest(ARRAY[created_date, last_updated_date, agreed_delivery_date, agreed_payment_date]) AS d
+          FROM facts) dates
+    ON CONFLICT (date_id) DO NOTHING
+    RETURNING *
 )
-INSERT INTO {{schema}}.dim_date (date_id, year, month, day, day_of_week, day_name, month_name, quarter)
-SELECT d, extract(year FROM d)::int, extract(month FROM d)::int, extract(day FROM d)::int,
-       extract(isodow FROM d)::int, to_char(d, 'FMDay'), to_char(d, 'FMMonth'),
-       extract(quarter FROM d)::int
-FROM (SELECT DISTINCT unnest(ARRAY[created_date, last_updated_date, agreed_delivery_date, agreed_payment_date]) AS d
-      FROM facts) dates
-ON CONFLICT (date_id) DO NOTHING;
+INSERT INTO produced_dim_date SELECT * FROM dates;
 
 UPDATE {{schema}}.fact_purchase_order f SET is_current = false
 FROM staging.purchase_order s

@@ -26,14 +26,19 @@ WITH versions AS MATERIALIZED (
     JOIN staging.payment s ON s.payment_id = v.payment_id
     WHERE v.date_ok
     ON CONFLICT (payment_id, source_lsn, source_seq) DO NOTHING
-    RETURNING created_date, last_updated_date, payment_date
+    RETURNING *
+), produced AS (
+    INSERT INTO produced_fact_payment SELECT * FROM facts
+), dates AS (
+    INSERT INTO {{schema}}.dim_date (date_id, year, month, day, day_of_week, day_name, month_name, quarter)
+    SELECT d, extract(year FROM d)::int, extract(month FROM d)::int, extract(day FROM d)::int,
+           extract(isodow FROM d)::int, to_char(d, 'FMDay'), to_char(d, 'FMMonth'),
+           extract(quarter FROM d)::int
+    FROM (SELECT DISTINCT unnest(ARRAY[created_date, last_updated_date, payment_date]) AS d FROM facts) dates
+    ON CONFLICT (date_id) DO NOTHING
+    RETURNING *
 )
-INSERT INTO {{schema}}.dim_date (date_id, year, month, day, day_of_week, day_name, month_name, quarter)
-SELECT d, extract(year FROM d)::int, extract(month FROM d)::int, extract(day FROM d)::int,
-       extract(isodow FROM d)::int, to_char(d, 'FMDay'), to_char(d, 'FMMonth'),
-       extract(quarter FROM d)::int
-FROM (SELECT DISTINCT unnest(ARRAY[created_date, last_updated_date, payment_date]) AS d FROM facts) dates
-ON CONFLICT (date_id) DO NOTHING;
+INSERT INTO produced_dim_date SELECT * FROM dates;
 
 UPDATE {{schema}}.fact_payment f SET is_current = false
 FROM staging.payment s

@@ -55,6 +55,21 @@ pub const STAR_TRANSFORMS: &[(&str, &str)] = &[
     ),
 ];
 
+/// The star tables of the totesys model (their changed rows go to the lake's processed files).
+pub const STAR_TABLES: &[&str] = &[
+    "dim_date",
+    "dim_staff",
+    "dim_location",
+    "dim_currency",
+    "dim_design",
+    "dim_counterparty",
+    "dim_transaction",
+    "dim_payment_type",
+    "fact_sales_order",
+    "fact_purchase_order",
+    "fact_payment",
+];
+
 /// The source tables the totesys model reads.
 pub const TOTESYS_TABLES: &[&str] = &[
     "address",

@@ -14,7 +14,8 @@ use thiserror::Error;
 use tokio_postgres::{Client, Transaction};
 
 use super::batch::Batch;
-use crate::event::{ChangeEvent, Datum, Op, TableSchema};
+use super::lake::{self, LakeFile, Store, StoreError, WarehouseColumn};
+use crate::event::{ChangeEvent, Datum, Lsn, Op, Position, TableSchema};
 use crate::pg::{quote_ident, quote_literal, PgError, PgUrl};
 
 /// Which star schema is derived from staging.
@@ -40,12 +41,17 @@ pub enum ApplyError {
         found: i32,
         known: i32,
     },
+    #[error("lake: {0}")]
+    Lake(#[from] StoreError),
+    #[error("building a lake file: {0}")]
+    LakeFile(String),
 }
 
 impl ApplyError {
     pub fn is_transient(&self) -> bool {
         match self {
             ApplyError::Pg(e) => e.is_transient(),
+            ApplyError::Lake(e) => e.is_transient(),
             _ => false,
         }
     }
@@ -67,6 +73,10 @@ pub struct Applied {
     /// Events per source table (`schema.table`).
     pub per_table: BTreeMap<String, usize>,
     pub dead_letters: usize,
+    /// Events already in committed lake files (re-delivered after a restart), left out.
+    pub skipped: usize,
+    pub lake_files: usize,
+    pub lake_bytes: usize,
 }
 
 pub struct Warehouse {
@@ -78,6 +88,18 @@ pub struct Warehouse {
     source_database: String,
     client: Option<Client>,
     mirrors: HashMap<String, Mirror>,
+    lake: Option<Store>,
+    /// Autocommit connection for the lake's pending records.
+    pending: Option<Client>,
+    /// Per source table, the highest streamed position in committed lake files.
+    lake_hwm: HashMap<String, Position>,
+    /// Columns of the star tables, for the processed files.
+    star_columns: BTreeMap<String, Vec<WarehouseColumn>>,
+    /// Files of a batch that did not commit before a restart; the next commit removes those it
+    /// did not write again.
+    orphans: Vec<String>,
+    /// Events of that batch, so the same batch can be formed again.
+    replay_events: Option<usize>,
 }
 
 impl Warehouse {
@@ -96,7 +118,23 @@ impl Warehouse {
             source_database: source_database.to_string(),
             client: None,
             mirrors: HashMap::new(),
+            lake: None,
+            pending: None,
+            lake_hwm: HashMap::new(),
+            star_columns: BTreeMap::new(),
+            orphans: Vec::new(),
+            replay_events: None,
         }
+    }
+
+    /// Also writes every batch to the lake, before its warehouse commit.
+    pub fn with_lake(mut self, store: Store) -> Self {
+        self.lake = Some(store);
+        self
+    }
+
+    pub fn lake(&self) -> Option<&Store> {
+        self.lake.as_ref()
     }
 
     pub fn url(&self) -> &PgUrl {
@@ -223,15 +261,156 @@ impl Warehouse {
                 ));
                 mirrors.insert(name, m);
             }
+            let mut star_columns = BTreeMap::new();
+            if self.model == Model::Totesys {
+                let schema = crate::pg::ident(&self.schema);
+                for t in ddl::STAR_TABLES {
+                    ddl_sql.push_str(&format!(
+                        "CREATE TEMP TABLE IF NOT EXISTS produced_{t} ON COMMIT DELETE ROWS AS \
+                         SELECT * FROM {schema}.{t} WITH NO DATA;\n"
+                    ));
+                    // Surrogate keys (serial) are left out: a rebuild would renumber them, and
+                    // the lake is reproducible from the events (natural key + position).
+                    let cols = client
+                        .query(
+                            "SELECT a.attname::text, a.atttypid, a.atttypmod FROM pg_attribute a \
+                             LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
+                             WHERE a.attrelid = ($1 || '.' || $2)::regclass AND a.attnum > 0 AND NOT a.attisdropped \
+                               AND coalesce(pg_get_expr(d.adbin, d.adrelid), '') NOT LIKE 'nextval(%' \
+                             ORDER BY a.attnum",
+                            &[&schema, t],
+                        )
+                        .await
+                        .map_err(|e| self.url.query_error("reading the star tables' columns", e))?;
+                    star_columns.insert(
+                        t.to_string(),
+                        cols.iter()
+                            .map(|r| WarehouseColumn {
+                                name: r.get(0),
+                                type_oid: r.get(1),
+                                type_mod: r.get(2),
+                            })
+                            .collect(),
+                    );
+                }
+            }
             client
                 .batch_execute(&ddl_sql)
                 .await
                 .map_err(|e| self.url.query_error("creating the batch tables", e))?;
             self.mirrors = mirrors;
+            self.star_columns = star_columns;
             self.client = Some(client);
+            if self.lake.is_some() {
+                self.recover_lake().await?;
+            }
         }
         self.client
             .as_mut()
+            .ok_or_else(|| ApplyError::NoStaging { table: "?".into() })
+    }
+
+    /// The lake after a restart: the positions already in committed files are loaded (events
+    /// re-delivered with them are left out), and the files of a batch that did not commit are
+    /// remembered: the same events form that batch again and rewrite them, and the commit
+    /// removes any not rewritten.
+    async fn recover_lake(&mut self) -> Result<(), ApplyError> {
+        let url = self.url.clone();
+        let err = |ctx: &str, e: tokio_postgres::Error| ApplyError::Pg(url.query_error(ctx, e));
+        let Some(client) = self.client.as_ref() else {
+            return Ok(());
+        };
+        let orphans = client
+            .query(
+                "SELECT path, batch_events FROM totes_cdc.lake_pending p \
+                 WHERE NOT EXISTS (SELECT 1 FROM totes_cdc.lake_files f WHERE f.path = p.path)",
+                &[],
+            )
+            .await
+            .map_err(|e| err("reading the lake's pending files", e))?;
+        self.orphans = orphans.iter().map(|r| r.get(0)).collect();
+        self.replay_events = orphans.iter().map(|r| r.get::<_, i32>(1) as usize).max();
+        if !self.orphans.is_empty() {
+            tracing::info!(
+                files = self.orphans.len(),
+                "the lake holds files of a batch that did not commit: it is formed again"
+            );
+        }
+        let rows = client
+            .query(
+                "SELECT DISTINCT ON (table_name) table_name, last_lsn::text, last_seq \
+                 FROM totes_cdc.lake_files WHERE kind = 'changes' AND last_seq >= 0 \
+                 ORDER BY table_name, last_lsn DESC, last_seq DESC",
+                &[],
+            )
+            .await
+            .map_err(|e| err("reading the lake's committed positions", e))?;
+        self.lake_hwm = rows
+            .iter()
+            .filter_map(|r| {
+                let lsn = Lsn::parse(r.get::<_, &str>(1)).ok()?;
+                Some((r.get::<_, String>(0), Position::new(lsn, r.get(2))))
+            })
+            .collect();
+        Ok(())
+    }
+
+    /// Connects and recovers the lake; returns the size of a batch to form again (the one whose
+    /// files a crash left uncommitted), if any.
+    pub async fn prepare(&mut self) -> Result<Option<usize>, ApplyError> {
+        self.session().await?;
+        Ok(self.replay_events.take())
+    }
+
+    /// Whether the lake already holds this (streamed) event in a committed file.
+    pub fn already_committed(&self, ev: &ChangeEvent) -> bool {
+        self.lake.is_some()
+            && ev.position.seq >= 0
+            && self
+                .lake_hwm
+                .get(&ev.table.qualified_name())
+                .is_some_and(|hwm| ev.position <= *hwm)
+    }
+
+    /// Deletes the files a crash left behind that the rebuilt batch did not write again.
+    async fn remove_orphans(&mut self) -> Result<(), ApplyError> {
+        let (Some(client), Some(store)) = (self.client.as_ref(), self.lake.as_ref()) else {
+            return Ok(());
+        };
+        let orphans = std::mem::take(&mut self.orphans);
+        let committed = client
+            .query(
+                "SELECT path FROM totes_cdc.lake_files WHERE path = ANY($1::text[])",
+                &[&orphans],
+            )
+            .await
+            .map_err(|e| ApplyError::Pg(self.url.query_error("reading the lake manifest", e)))?;
+        let committed: Vec<String> = committed.iter().map(|r| r.get(0)).collect();
+        for path in orphans.iter().filter(|p| !committed.contains(p)) {
+            store.delete(path).await?;
+            tracing::info!(%path, "removed a lake file of a batch that did not commit");
+        }
+        client
+            .execute(
+                "DELETE FROM totes_cdc.lake_pending WHERE path = ANY($1::text[])",
+                &[&orphans],
+            )
+            .await
+            .map_err(|e| {
+                ApplyError::Pg(self.url.query_error("clearing the lake's pending files", e))
+            })?;
+        Ok(())
+    }
+
+    async fn pending_client(&mut self) -> Result<&Client, ApplyError> {
+        if self.pending.as_ref().is_some_and(|c| c.is_closed()) {
+            self.pending = None;
+        }
+        if self.pending.is_none() {
+            self.pending = Some(self.url.connect().await?);
+        }
+        self.pending
+            .as_ref()
             .ok_or_else(|| ApplyError::NoStaging { table: "?".into() })
     }
 
@@ -242,9 +421,36 @@ impl Warehouse {
         let checkpoint = self.checkpoint.clone();
         let database = self.source_database.clone();
         let url = self.url.clone();
-        let groups = group_by_table(&batch.events);
         self.session().await?;
+        // Streamed events already in committed lake files were committed with them: a restart
+        // re-delivers from the confirmed position, which may lag the warehouse.
+        let events: Vec<ChangeEvent> = batch
+            .events
+            .iter()
+            .filter(|e| !self.already_committed(e))
+            .cloned()
+            .collect();
+        let skipped = batch.events.len() - events.len();
+        if events.is_empty() {
+            return Ok(Applied {
+                skipped,
+                ..Default::default()
+            });
+        }
+        let changes = if self.lake.is_some() {
+            lake::changes_files(&events).map_err(ApplyError::LakeFile)?
+        } else {
+            Vec::new()
+        };
+        let groups = group_by_table(&events);
         let mirrors = self.mirrors.clone();
+        let star_columns = self.star_columns.clone();
+        let store = self.lake.clone();
+        if store.is_some() {
+            self.pending_client().await?;
+        }
+        let pending = self.pending.as_ref();
+        let mut hwm_updates: Vec<(String, Position)> = Vec::new();
         let client = self
             .client
             .as_mut()
@@ -256,7 +462,8 @@ impl Warehouse {
             .await
             .map_err(|e| err("starting the batch transaction", e))?;
         let mut applied = Applied {
-            events: batch.events.len(),
+            events: events.len(),
+            skipped,
             ..Default::default()
         };
         for (name, events) in &groups {
@@ -271,7 +478,7 @@ impl Warehouse {
             applied.dead_letters += dead;
             merge_into_staging(&tx, mirror, events, &url).await?;
         }
-        if model == Model::Totesys && !batch.events.is_empty() {
+        if model == Model::Totesys {
             let mut sql = String::new();
             for (_, body) in ddl::STAR_TRANSFORMS {
                 sql.push_str(&ddl::with_schema(body, &schema));
@@ -281,7 +488,46 @@ impl Warehouse {
                 .await
                 .map_err(|e| err("refreshing the star schema", e))?;
         }
-        if let Some(last) = batch.events.iter().map(|e| e.position).max() {
+        if let (Some(store), Some(pending)) = (&store, pending) {
+            let mut files = changes;
+            let first = events.iter().map(|e| e.position).min().unwrap_or_default();
+            let last = events.iter().map(|e| e.position).max().unwrap_or_default();
+            let date = lake::utc_date(
+                events
+                    .iter()
+                    .min_by_key(|e| e.position)
+                    .map_or(0, |e| e.commit_ts_us),
+            );
+            for (table, columns) in &star_columns {
+                let cols: Vec<String> = columns.iter().map(|c| quote_ident(&c.name)).collect();
+                let rows = copy_rows(
+                    &tx,
+                    &format!(
+                        "COPY (SELECT {} FROM produced_{table}) TO STDOUT",
+                        cols.join(", ")
+                    ),
+                    columns.len(),
+                    &url,
+                )
+                .await?;
+                if !rows.is_empty() {
+                    files.push(
+                        lake::processed_file(table, columns, &rows, first, last, &date)
+                            .map_err(ApplyError::LakeFile)?,
+                    );
+                }
+            }
+            write_lake(store, pending, &tx, &files, events.len(), &url).await?;
+            applied.lake_files = files.len();
+            applied.lake_bytes = files.iter().map(|f| f.data.len()).sum();
+            for f in files
+                .iter()
+                .filter(|f| f.kind == "changes" && f.last.seq >= 0)
+            {
+                hwm_updates.push((f.table.clone(), f.last));
+            }
+        }
+        if let Some(last) = events.iter().map(|e| e.position).max() {
             let ts = batch.newest_commit_ts_us.unwrap_or(0) as f64 / 1e6;
             tx.execute(
                 "INSERT INTO totes_cdc.checkpoints AS c (name, lsn, seq, commit_ts, updated_at) \
@@ -297,8 +543,107 @@ impl Warehouse {
         tx.commit()
             .await
             .map_err(|e| err("committing the batch", e))?;
+        for (table, last) in hwm_updates {
+            let hwm = self.lake_hwm.entry(table).or_default();
+            *hwm = (*hwm).max(last);
+        }
+        if !self.orphans.is_empty() {
+            self.remove_orphans().await?;
+        }
         Ok(applied)
     }
+}
+
+/// The rows of a COPY ... TO STDOUT in text form.
+async fn copy_rows(
+    tx: &Transaction<'_>,
+    sql: &str,
+    columns: usize,
+    url: &PgUrl,
+) -> Result<Vec<Vec<Option<Bytes>>>, ApplyError> {
+    use futures_util::StreamExt;
+    let err =
+        |e: tokio_postgres::Error| ApplyError::Pg(url.query_error("reading produced rows", e));
+    let stream = tx.copy_out(sql).await.map_err(err)?;
+    futures_util::pin_mut!(stream);
+    let mut buf = bytes::BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        buf.extend_from_slice(&chunk.map_err(err)?);
+    }
+    let all = buf.freeze();
+    let mut rows = Vec::new();
+    let mut start = 0;
+    for i in 0..all.len() {
+        if all[i] == b'\n' {
+            let line = all.slice(start..i);
+            start = i + 1;
+            let row = crate::capture::copy_text::parse_row(&line, columns)
+                .map_err(ApplyError::LakeFile)?;
+            rows.push(
+                row.into_iter()
+                    .map(|d| match d {
+                        Datum::Text(b) => Some(b),
+                        _ => None,
+                    })
+                    .collect(),
+            );
+        }
+    }
+    Ok(rows)
+}
+
+/// Writes the batch's lake files: their names are recorded as pending (committed at once, so a
+/// crash after the write leaves a trace), the files written, and within the batch transaction
+/// they move from pending to the manifest.
+async fn write_lake(
+    store: &Store,
+    pending: &Client,
+    tx: &Transaction<'_>,
+    files: &[LakeFile],
+    batch_events: usize,
+    url: &PgUrl,
+) -> Result<(), ApplyError> {
+    let err = |ctx: &str, e: tokio_postgres::Error| ApplyError::Pg(url.query_error(ctx, e));
+    let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+    pending
+        .execute(
+            "INSERT INTO totes_cdc.lake_pending (path, batch_events) SELECT unnest($1::text[]), $2 \
+             ON CONFLICT (path) DO UPDATE SET batch_events = EXCLUDED.batch_events",
+            &[&paths, &(batch_events as i32)],
+        )
+        .await
+        .map_err(|e| err("recording the lake's pending files", e))?;
+    for f in files {
+        store.put(&f.path, f.data.clone()).await?;
+    }
+    crate::fault::point("after-lake-write");
+    for f in files {
+        tx.execute(
+            "INSERT INTO totes_cdc.lake_files (path, kind, table_name, first_lsn, first_seq, last_lsn, last_seq, rows, bytes) \
+             VALUES ($1, $2, $3, $4::text::pg_lsn, $5, $6::text::pg_lsn, $7, $8, $9) \
+             ON CONFLICT (path) DO UPDATE SET rows = EXCLUDED.rows, bytes = EXCLUDED.bytes, committed_at = now()",
+            &[
+                &f.path,
+                &f.kind,
+                &f.table,
+                &f.first.lsn.to_string(),
+                &f.first.seq,
+                &f.last.lsn.to_string(),
+                &f.last.seq,
+                &(f.rows as i32),
+                &(f.data.len() as i64),
+            ],
+        )
+        .await
+        .map_err(|e| err("recording a lake file", e))?;
+    }
+    tx.execute(
+        "DELETE FROM totes_cdc.lake_pending WHERE path = ANY($1::text[])",
+        &[&paths],
+    )
+    .await
+    .map_err(|e| err("clearing the lake's pending files", e))?;
+    Ok(())
 }
 
 /// Events grouped by source table, in batch order within each table.

@@ -1,0 +1,276 @@
+//! Where lake files go: a local directory (written atomically: temporary file, fsync, rename)
+//! or an S3 bucket (PutObject from memory with a CRC32 checksum), through aws-sdk-s3 with the
+//! standard AWS configuration (`AWS_ENDPOINT_URL` for an S3-compatible endpoint, which also
+//! switches to path-style addressing).
+
+use std::path::{Path, PathBuf};
+
+use aws_sdk_s3::error::ProvideErrorMetadata;
+use bytes::Bytes;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error(
+        "lake directory {path}: {source}. Set `lake` to a writable directory or s3://bucket/prefix"
+    )]
+    Local {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("S3 bucket \"{bucket}\" does not exist (or is in another region). Create it, or fix `lake` (s3://bucket/prefix) and the AWS region")]
+    NoBucket { bucket: String },
+    #[error("access to s3://{bucket}/{key} was denied ({code}). Grant the role s3:PutObject, s3:GetObject and s3:DeleteObject on the lake prefix, or fix the AWS credentials")]
+    Denied {
+        bucket: String,
+        key: String,
+        code: String,
+    },
+    #[error("S3 request for s3://{bucket}/{key} failed: {message}")]
+    Transient {
+        bucket: String,
+        key: String,
+        message: String,
+    },
+    #[error("`lake` {0:?} is not a directory path or s3://bucket/prefix")]
+    BadLocation(String),
+}
+
+impl StoreError {
+    /// Unreachable or refusing stores are retried; a missing bucket or denied access is not.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Transient { .. } | StoreError::Local { .. }
+        )
+    }
+}
+
+#[derive(Clone)]
+pub enum Store {
+    Local(PathBuf),
+    S3 {
+        client: aws_sdk_s3::Client,
+        bucket: String,
+        prefix: String,
+    },
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+/// The AWS SDK configuration from the standard environment and files, with an HTTP client on
+/// rustls/ring (the one TLS stack of this binary).
+pub async fn aws_config() -> aws_config::SdkConfig {
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https();
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(http)
+        .load()
+        .await
+}
+
+impl Store {
+    /// Opens `location`: a directory path, or `s3://bucket/prefix`.
+    pub async fn open(location: &str) -> Result<Store, StoreError> {
+        if let Some(rest) = location.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(StoreError::BadLocation(location.into()));
+            }
+            let sdk = aws_config().await;
+            let mut conf = aws_sdk_s3::config::Builder::from(&sdk);
+            if sdk.endpoint_url().is_some() || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some() {
+                conf = conf.force_path_style(true);
+            }
+            let client = aws_sdk_s3::Client::from_conf(conf.build());
+            let store = Store::S3 {
+                client,
+                bucket: bucket.to_string(),
+                prefix: prefix.trim_matches('/').to_string(),
+            };
+            match store.check().await {
+                Ok(()) => {}
+                // Unreachable now: the writes retry with backoff and block the batches.
+                Err(e) if e.is_transient() => tracing::warn!("lake not reachable yet: {e}"),
+                Err(e) => return Err(e),
+            }
+            return Ok(store);
+        }
+        if location.is_empty() || location.contains("://") {
+            return Err(StoreError::BadLocation(location.into()));
+        }
+        let root = PathBuf::from(location);
+        std::fs::create_dir_all(&root).map_err(|e| StoreError::Local {
+            path: root.display().to_string(),
+            source: e,
+        })?;
+        Ok(Store::Local(root))
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Store::Local(p) => p.display().to_string(),
+            Store::S3 { bucket, prefix, .. } => format!("s3://{bucket}/{prefix}"),
+        }
+    }
+
+    fn key(prefix: &str, path: &str) -> String {
+        if prefix.is_empty() {
+            path.to_string()
+        } else {
+            format!("{prefix}/{path}")
+        }
+    }
+
+    fn s3_error<E: ProvideErrorMetadata + std::fmt::Debug>(
+        e: aws_sdk_s3::error::SdkError<E>,
+        bucket: &str,
+        key: &str,
+    ) -> StoreError {
+        use aws_sdk_s3::error::SdkError;
+        if let SdkError::ServiceError(se) = &e {
+            let status = se.raw().status().as_u16();
+            let code = se.err().code().unwrap_or_default().to_string();
+            if code == "NoSuchBucket" || (status == 404 && key.is_empty()) {
+                return StoreError::NoBucket {
+                    bucket: bucket.into(),
+                };
+            }
+            if status == 403
+                || matches!(
+                    code.as_str(),
+                    "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch"
+                )
+            {
+                return StoreError::Denied {
+                    bucket: bucket.into(),
+                    key: key.into(),
+                    code: if code.is_empty() {
+                        status.to_string()
+                    } else {
+                        code
+                    },
+                };
+            }
+        }
+        let message = match &e {
+            SdkError::ServiceError(se) => format!(
+                "{} {}",
+                se.err().code().unwrap_or("error"),
+                se.err().message().unwrap_or_default()
+            ),
+            other => format!("{other} ({other:?})"),
+        };
+        StoreError::Transient {
+            bucket: bucket.into(),
+            key: key.into(),
+            message,
+        }
+    }
+
+    /// Fails early, with the fix, when the bucket is missing or forbidden.
+    async fn check(&self) -> Result<(), StoreError> {
+        if let Store::S3 { client, bucket, .. } = self {
+            client
+                .head_bucket()
+                .bucket(bucket)
+                .send()
+                .await
+                .map_err(|e| Self::s3_error(e, bucket, ""))?;
+        }
+        Ok(())
+    }
+
+    /// Writes `data` at `path` (relative to the lake root), replacing what is there.
+    pub async fn put(&self, path: &str, data: Bytes) -> Result<(), StoreError> {
+        match self {
+            Store::Local(root) => {
+                let root = root.clone();
+                let path = path.to_string();
+                tokio::task::spawn_blocking(move || write_local(&root, &path, &data))
+                    .await
+                    .map_err(|e| StoreError::Local {
+                        path: root_display(),
+                        source: std::io::Error::other(e),
+                    })?
+            }
+            Store::S3 {
+                client,
+                bucket,
+                prefix,
+            } => {
+                let key = Self::key(prefix, path);
+                client
+                    .put_object()
+                    .bucket(bucket)
+                    .key(&key)
+                    .body(aws_sdk_s3::primitives::ByteStream::from(data))
+                    .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Crc32)
+                    .send()
+                    .await
+                    .map_err(|e| Self::s3_error(e, bucket, &key))?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Removes `path`; a path that is not there is fine.
+    pub async fn delete(&self, path: &str) -> Result<(), StoreError> {
+        match self {
+            Store::Local(root) => match std::fs::remove_file(root.join(path)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StoreError::Local {
+                    path: root.join(path).display().to_string(),
+                    source: e,
+                }),
+                _ => Ok(()),
+            },
+            Store::S3 {
+                client,
+                bucket,
+                prefix,
+            } => {
+                let key = Self::key(prefix, path);
+                client
+                    .delete_object()
+                    .bucket(bucket)
+                    .key(&key)
+                    .send()
+                    .await
+                    .map_err(|e| Self::s3_error(e, bucket, &key))?;
+                Ok(())
+            }
+        }
+    }
+}
+
+fn root_display() -> String {
+    "lake".into()
+}
+
+fn write_local(root: &Path, path: &str, data: &[u8]) -> Result<(), StoreError> {
+    use std::io::Write;
+    let target = root.join(path);
+    let err = |e: std::io::Error| StoreError::Local {
+        path: target.display().to_string(),
+        source: e,
+    };
+    let dir = target.parent().unwrap_or(root);
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let tmp = target.with_extension("parquet.tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(err)?;
+    f.write_all(data).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    std::fs::rename(&tmp, &target).map_err(err)?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}

@@ -162,6 +162,8 @@ async fn end_to_end(pg: &PgCluster) -> String {
             &pg.url("live_wh"),
             "--state-dir",
             &state.to_string_lossy(),
+            "--lake",
+            &state.join("lake").to_string_lossy(),
             "--log",
             "warn",
         ])
@@ -280,7 +282,7 @@ async fn end_to_end(pg: &PgCluster) -> String {
     let _ = child.kill();
     let _ = child.wait();
     format!(
-        "| end to end at {RATE} tx/s ({} sale bundles, {} events), commit → visible in fact_sales_order | p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms | run peak RSS {:.1} MiB |\n",
+        "| end to end at {RATE} tx/s ({} sale bundles, {} events, lake on local disk), commit → visible in fact_sales_order | p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms | run peak RSS {:.1} MiB |\n",
         lat.len(),
         lat.len() * 3,
         percentile(&lat, 0.5),

@@ -1,28 +1,35 @@
 #!/usr/bin/env bash
-# `make run`: a throwaway PostgreSQL cluster under ./data/pg holding the totesys schema with
-# generated rows, then totes-cdc capturing it. Ctrl-C stops everything; `make clean` removes ./data.
+# `make run`: the whole pipeline on a laptop, no cloud account needed. A throwaway PostgreSQL
+# cluster under ./data/pg holds the totesys source (created and seeded by `totes-cdc generate`)
+# and the warehouse; `totes-cdc run` captures the source into the warehouse and the Parquet
+# lake (./data/lake) while `totes-cdc generate` keeps writing like the real source. Ctrl-C
+# stops everything (with a summary); `make clean` removes ./data.
+#
+# Environment: TOTES_CDC_BIN (the binary), TOTES_CDC_DATA (data directory), TOTES_CDC_PORT
+# (the cluster's port), TOTES_CDC_RATE (source transactions per second).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bin_dir=${TOTES_CDC_PG_BIN:-/usr/lib/postgresql/15/bin}
-data_root=$PWD/data
+bin=${TOTES_CDC_BIN:-./target/release/totes-cdc}
+pg_bin=${TOTES_CDC_PG_BIN:-/usr/lib/postgresql/15/bin}
+data_root=$(mkdir -p "${TOTES_CDC_DATA:-./data}" && cd "${TOTES_CDC_DATA:-./data}" && pwd)
 pgdata=$data_root/pg
 port=${TOTES_CDC_PORT:-55432}
+rate=${TOTES_CDC_RATE:-20}
 as_pg=()
 if [ "$(id -u)" = 0 ]; then as_pg=(runuser -u postgres --); fi
 
-pgctl() { "${as_pg[@]}" "$bin_dir/pg_ctl" -D "$pgdata" "$@"; }
+pgctl() { "${as_pg[@]}" "$pg_bin/pg_ctl" -D "$pgdata" "$@"; }
 
 if [ "${1:-}" = "--stop" ]; then
   [ -d "$pgdata" ] && pgctl -m fast -w stop >/dev/null 2>&1 || true
   exit 0
 fi
 
-mkdir -p "$data_root"
 if [ ! -f "$pgdata/PG_VERSION" ]; then
   mkdir -p "$pgdata"
-  [ "$(id -u)" = 0 ] && chown -R postgres:postgres "$data_root"
-  "${as_pg[@]}" "$bin_dir/initdb" -D "$pgdata" -A trust -U postgres -E UTF8 --locale=C.UTF-8 --no-instructions >/dev/null
+  [ "$(id -u)" = 0 ] && chown -R postgres:postgres "$pgdata"
+  "${as_pg[@]}" "$pg_bin/initdb" -D "$pgdata" -A trust -U postgres -E UTF8 --locale=C.UTF-8 --no-instructions >/dev/null
   cat >> "$pgdata/postgresql.auto.conf" <<CONF
 listen_addresses = '127.0.0.1'
 port = $port
@@ -32,22 +39,31 @@ max_replication_slots = 10
 max_wal_senders = 10
 CONF
 fi
-[ "$(id -u)" = 0 ] && chown -R postgres:postgres "$data_root"
-pgctl -l "$data_root/pg.log" -w start >/dev/null
-trap 'pgctl -m fast -w stop >/dev/null 2>&1 || true' EXIT
+[ "$(id -u)" = 0 ] && chown -R postgres:postgres "$pgdata"
+pgctl -l "$pgdata/server.log" -w start >/dev/null
+generator=""
+cleanup() {
+  [ -n "$generator" ] && kill "$generator" 2>/dev/null && wait "$generator" 2>/dev/null
+  pgctl -m fast -w stop >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
 
-psql_() { psql -q -h 127.0.0.1 -p "$port" -U postgres "$@"; }
-if ! psql_ -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'totesys'" | grep -q 1; then
-  psql_ -d postgres -c "CREATE DATABASE totesys"
-  psql_ -d totesys -f sql/source/totesys.sql
-  psql_ -d totesys -f scripts/seed.sql
-fi
-
-if ! psql_ -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'warehouse'" | grep -q 1; then
-  psql_ -d postgres -c "CREATE DATABASE warehouse"
-fi
-url="postgres://postgres@127.0.0.1:$port/totesys"
+src="postgres://postgres@127.0.0.1:$port/totesys"
 wh="postgres://postgres@127.0.0.1:$port/warehouse"
-./target/release/totes-cdc setup --source-url "$url" --warehouse-url "$wh"
-echo "running the pipeline: $url -> $wh (Ctrl-C stops)"
-./target/release/totes-cdc run --source-url "$url" --warehouse-url "$wh" --state-dir "$data_root/state"
+for db in totesys warehouse; do
+  "$pg_bin/psql" -qAt -h 127.0.0.1 -p "$port" -U postgres -d postgres \
+    -c "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1 \
+    || "$pg_bin/psql" -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -c "CREATE DATABASE $db"
+done
+"$bin" generate --init --rate 0 --source-url "$src"
+"$bin" setup --source-url "$src" --warehouse-url "$wh" >/dev/null
+"$bin" generate --source-url "$src" --rate "$rate" --log warn >"$data_root/generate.log" 2>&1 &
+generator=$!
+cat <<MSG
+source    $src   (totesys, $rate transactions/s from totes-cdc generate)
+warehouse $wh    (psql $wh)
+lake      $data_root/lake   (duckdb: SELECT * FROM '$data_root/lake/changes/*/*/*.parquet')
+Ctrl-C stops.
+MSG
+"$bin" run --source-url "$src" --warehouse-url "$wh" --state-dir "$data_root/state" \
+  --lake "$data_root/lake" --progress --log warn

@@ -58,6 +58,31 @@ pub enum Command {
     Status(StatusArgs),
     /// Compare the warehouse with the source; exit 1 on any difference.
     Verify(VerifyArgs),
+    /// Write a totesys-like workload into the source (and, with --init, create and seed it).
+    Generate(GenerateArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GenerateArgs {
+    /// PostgreSQL URL of the source database to write to.
+    #[arg(long, env = "TOTES_CDC_SOURCE_URL", value_name = "URL")]
+    pub source_url: Option<String>,
+
+    /// Create the totesys schema and seed it when the database does not have it yet.
+    #[arg(long)]
+    pub init: bool,
+
+    /// Orders (with their transaction and payment) seeded by --init.
+    #[arg(long, default_value_t = 2000)]
+    pub initial_orders: u32,
+
+    /// Source transactions per second (0: only --init).
+    #[arg(long, default_value_t = 20.0)]
+    pub rate: f64,
+
+    /// Seed of the generator (the same seed writes the same workload).
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -202,6 +227,10 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub warehouse: WarehouseArgs,
+
+    /// A live progress line on the terminal, and a summary at the end.
+    #[arg(long)]
+    pub progress: bool,
 }
 
 #[derive(Debug, Clone, Args)]

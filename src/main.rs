@@ -45,6 +45,7 @@ fn main() -> ExitCode {
             Command::Run(args) => totes_cdc::commands::run::run(args, shutdown).await,
             Command::Status(args) => totes_cdc::commands::status::run(args).await,
             Command::Verify(args) => totes_cdc::commands::verify::run(args).await,
+            Command::Generate(args) => totes_cdc::commands::generate::run(args, shutdown).await,
         }
     });
     match result {

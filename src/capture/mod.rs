@@ -162,7 +162,7 @@ pub async fn run(
                     consistent_point: cp,
                     parallelism: cfg.snapshot_parallelism,
                 };
-                run_snapshot(job, &mut sink, &state_file, &mut state).await?;
+                run_snapshot(job, &mut sink, &state_file, &mut state, &stats).await?;
             }
             client
                 .start()
@@ -195,7 +195,7 @@ pub async fn run(
                         consistent_point: Lsn(cp.0.saturating_sub(state.attempt as u64)),
                         parallelism: cfg.snapshot_parallelism,
                     };
-                    run_snapshot(job, &mut sink, &state_file, &mut state).await?;
+                    run_snapshot(job, &mut sink, &state_file, &mut state, &stats).await?;
                 } else if !state.complete {
                     state.complete = true;
                     state_file.store(&state)?;

@@ -45,6 +45,7 @@ pub async fn run_snapshot(
     sink: &mut SinkSender,
     state_file: &StateFile,
     state: &mut SnapshotState,
+    stats: &super::stream::CaptureStats,
 ) -> Result<(), CaptureError> {
     let ts = now_us();
     let queue = Arc::new(Mutex::new(
@@ -79,6 +80,7 @@ pub async fn run_snapshot(
         tokio::select! {
             msg = rx.recv(), if open => match msg {
                 Some(SnapMsg::Row(ev)) => {
+                    stats.snapshot_rows.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     sink.send(ItemKind::Change(ev))
                         .await
                         .map_err(|e| CaptureError::Sink(e.to_string()))?;

@@ -1,5 +1,7 @@
 //! The roles of the one binary, one module each.
 
+pub mod generate;
+pub mod progress;
 pub mod run;
 pub mod setup;
 pub mod status;

@@ -73,8 +73,23 @@ pub async fn run(args: RunArgs, shutdown: watch::Receiver<bool>) -> Result<()> {
     };
     let applier = tokio::spawn(apply::run(rx, acker, wh, apply_cfg, apply_stats.clone()));
     let stats = Arc::new(CaptureStats::default());
+    let (progress_stop, progress_rx) = watch::channel(false);
+    let progress = args.progress.then(|| {
+        tokio::spawn(super::progress::run(
+            cfg.source.clone(),
+            warehouse_url(&args.warehouse).unwrap_or_else(|_| cfg.source.clone()),
+            args.warehouse.warehouse_schema.clone(),
+            stats.clone(),
+            apply_stats.clone(),
+            progress_rx,
+        ))
+    });
     let captured = capture::run(cfg, tx, shutdown, stats).await;
     let applied = applier.await.context("the apply task failed")?;
+    let _ = progress_stop.send(true);
+    if let Some(p) = progress {
+        let _ = p.await;
+    }
     // The apply error is the cause when both stopped.
     applied?;
     captured?;

@@ -121,7 +121,7 @@ impl Rng {
         Self(seed.max(1))
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -130,11 +130,11 @@ impl Rng {
 
     /// In `lo..=hi`.
     pub fn range(&mut self, lo: i64, hi: i64) -> i64 {
-        lo + (self.next() % ((hi - lo + 1) as u64)) as i64
+        lo + (self.next_u64() % ((hi - lo + 1) as u64)) as i64
     }
 
-    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[(self.next() % items.len() as u64) as usize]
+    pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[(self.next_u64() % items.len() as u64) as usize]
     }
 }
 
@@ -212,7 +212,7 @@ async fn init(client: &Client, url: &PgUrl, rng: &mut Rng, orders: u32) -> Resul
     }
     let mut sql = String::from(SCHEMA_SQL);
     sql.push_str("\nBEGIN;\n");
-    for (i, (city, country)) in (0..30).map(|i| (i, *rng.pick(CITIES))).collect::<Vec<_>>() {
+    for (i, (city, country)) in (0..30).map(|i| (i, rng.pick(CITIES))).collect::<Vec<_>>() {
         let line2 = if rng.range(0, 2) == 0 {
             "NULL".into()
         } else {
@@ -221,7 +221,7 @@ async fn init(client: &Client, url: &PgUrl, rng: &mut Rng, orders: u32) -> Resul
         let district = if rng.range(0, 3) == 0 {
             "NULL".into()
         } else {
-            q(*rng.pick(DISTRICTS))
+            q(rng.pick(DISTRICTS))
         };
         sql.push_str(&format!(
             "INSERT INTO address (address_line_1, address_line_2, district, city, postal_code, country, phone, last_updated) \
@@ -243,7 +243,7 @@ async fn init(client: &Client, url: &PgUrl, rng: &mut Rng, orders: u32) -> Resul
         ));
     }
     for _ in 0..20 {
-        let (f, l) = (*rng.pick(FIRST), *rng.pick(LAST));
+        let (f, l) = (rng.pick(FIRST), rng.pick(LAST));
         sql.push_str(&format!(
             "INSERT INTO staff (first_name, last_name, department_id, email_address, last_updated) VALUES ({}, {}, {}, {}, now());\n",
             q(f),
@@ -269,7 +269,7 @@ async fn init(client: &Client, url: &PgUrl, rng: &mut Rng, orders: u32) -> Resul
         sql.push_str(&format!(
             "INSERT INTO design (design_name, file_location, file_name, last_updated) VALUES ({}, {}, {}, now());\n",
             q(&name),
-            q(*rng.pick(FILE_LOCATIONS)),
+            q(rng.pick(FILE_LOCATIONS)),
             q(&format!("{}-{i}.json", name.to_lowercase()))
         ));
     }

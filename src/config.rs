@@ -60,6 +60,25 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Write a totesys-like workload into the source (and, with --init, create and seed it).
     Generate(GenerateArgs),
+    /// Read the Kinesis stream and apply it (one of several replicas sharing the shards).
+    Consume(ConsumeArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ConsumeArgs {
+    #[command(flatten)]
+    pub warehouse: WarehouseArgs,
+
+    #[command(flatten)]
+    pub kinesis: KinesisArgs,
+
+    /// This consumer's name among the replicas (default: host name and process id).
+    #[arg(long, env = "TOTES_CDC_CONSUMER_ID")]
+    pub consumer_id: Option<String>,
+
+    /// Wait between polls when no shard had records.
+    #[arg(long, env = "TOTES_CDC_POLL_INTERVAL", default_value = "200ms", value_parser = parse_duration)]
+    pub poll_interval: Duration,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -257,6 +276,16 @@ pub enum SinkKind {
     Stdout,
     /// Acknowledge and discard (benchmarks).
     Null,
+    /// AWS Kinesis Data Streams (`kinesis-stream`).
+    Kinesis,
+}
+
+/// The Kinesis stream between `stream` and `consume`.
+#[derive(Debug, Clone, Args)]
+pub struct KinesisArgs {
+    /// Name of the Kinesis data stream.
+    #[arg(long, env = "TOTES_CDC_KINESIS_STREAM", default_value = "totes-cdc")]
+    pub kinesis_stream: String,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -270,6 +299,18 @@ pub struct StreamArgs {
     /// Where change events go.
     #[arg(long, env = "TOTES_CDC_SINK", default_value = "stdout")]
     pub sink: SinkKind,
+
+    #[command(flatten)]
+    pub kinesis: KinesisArgs,
+
+    /// PutRecords requests in flight at once (kinesis sink).
+    #[arg(long, env = "TOTES_CDC_KINESIS_CONCURRENCY", default_value_t = 4)]
+    pub kinesis_concurrency: usize,
+
+    /// Where a record over Kinesis' 1 MiB limit is stored (a pointer record names it): a
+    /// directory or s3://bucket/prefix.
+    #[arg(long, env = "TOTES_CDC_LAKE", default_value = "./data/lake")]
+    pub lake: String,
 }
 
 /// Parses an LSN (`16/B374D848`).

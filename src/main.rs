@@ -46,6 +46,7 @@ fn main() -> ExitCode {
             Command::Status(args) => totes_cdc::commands::status::run(args).await,
             Command::Verify(args) => totes_cdc::commands::verify::run(args).await,
             Command::Generate(args) => totes_cdc::commands::generate::run(args, shutdown).await,
+            Command::Consume(args) => totes_cdc::commands::consume::run(args, shutdown).await,
         }
     });
     match result {

@@ -30,8 +30,30 @@ CREATE TABLE IF NOT EXISTS totes_cdc.dead_letters (
     reason text NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now()
 );
+ALTER TABLE totes_cdc.dead_letters ADD COLUMN IF NOT EXISTS origin text;
 CREATE UNIQUE INDEX IF NOT EXISTS dead_letters_position
     ON totes_cdc.dead_letters (source_table, lsn, seq, reason);
+-- Records that never became events (a Kinesis record that does not parse): where they came from.
+CREATE UNIQUE INDEX IF NOT EXISTS dead_letters_origin
+    ON totes_cdc.dead_letters (origin) WHERE origin IS NOT NULL;
+
+-- Per Kinesis shard: the last applied sequence number, written in the same transaction as the
+-- batch it ends; `ended` once the shard is closed and read to its end (its children may start).
+CREATE TABLE IF NOT EXISTS totes_cdc.shard_checkpoints (
+    stream text NOT NULL,
+    shard_id text NOT NULL,
+    sequence_number text,
+    ended boolean NOT NULL DEFAULT false,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (stream, shard_id)
+);
+
+-- Consumers alive (heartbeat), for sharing the shards evenly.
+CREATE TABLE IF NOT EXISTS totes_cdc.consumers (
+    id text PRIMARY KEY,
+    stream text NOT NULL,
+    heartbeat timestamptz NOT NULL DEFAULT now()
+);
 
 -- ISO 4217 currency names for dim_currency (filled from iso4217.sql).
 CREATE TABLE IF NOT EXISTS totes_cdc.iso4217 (
@@ -76,5 +98,7 @@ CREATE TABLE IF NOT EXISTS totes_cdc.lake_pending (
     -- events in the batch: after a restart the same events form the same batch again, and its
     -- files are rewritten under the same names with the same bytes
     batch_events integer NOT NULL,
+    -- the writer: `apply` for the embedded pipeline, `shard:<id>` for a Kinesis consumer
+    writer text NOT NULL DEFAULT 'apply',
     created_at timestamptz NOT NULL DEFAULT now()
 );

@@ -8,6 +8,27 @@ use tokio::sync::mpsc;
 use crate::event::{ChangeEvent, Lsn};
 use crate::transport::{Item, ItemKind};
 
+/// Where a consumer's batch ends in its Kinesis shard, checkpointed with the batch.
+#[derive(Debug, Clone, Default)]
+pub struct ShardPosition {
+    pub stream: String,
+    pub shard: String,
+    /// Sequence number of the last record in the batch (none when only the end is recorded).
+    pub sequence_number: Option<String>,
+    /// The shard is closed and read to its end.
+    pub ended: bool,
+}
+
+/// Something that arrived but is not an event (a record that does not parse): a dead letter.
+#[derive(Debug, Clone)]
+pub struct Reject {
+    /// Where it came from, unique (`kinesis:<stream>/<shard>/<sequence number>`).
+    pub origin: String,
+    pub reason: String,
+    /// The payload as JSON.
+    pub payload: serde_json::Value,
+}
+
 #[derive(Debug, Default)]
 pub struct Batch {
     pub events: Vec<ChangeEvent>,
@@ -19,6 +40,9 @@ pub struct Batch {
     pub newest_commit_ts_us: Option<i64>,
     /// Items taken (events and transaction ends).
     pub items: usize,
+    /// For a consumer: the shard position this batch reaches.
+    pub shard: Option<ShardPosition>,
+    pub rejects: Vec<Reject>,
 }
 
 impl Batch {

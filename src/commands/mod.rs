@@ -1,5 +1,6 @@
 //! The roles of the one binary, one module each.
 
+pub mod consume;
 pub mod generate;
 pub mod progress;
 pub mod run;

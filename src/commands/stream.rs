@@ -47,10 +47,36 @@ pub async fn run(args: StreamArgs, shutdown: watch::Receiver<bool>) -> Result<()
             transport::stdout::run_null(rx, acker).await;
             Ok(())
         }),
+        SinkKind::Kinesis => {
+            let (client, region) = transport::kinesis::client().await;
+            let stream = args.kinesis.kinesis_stream.clone();
+            transport::kinesis::check_stream(&client, &stream, &region).await?;
+            let oversize = if args.lake == "none" {
+                None
+            } else {
+                Some(crate::apply::lake::Store::open(&args.lake).await?)
+            };
+            let cfg = transport::kinesis::producer::ProducerConfig {
+                stream,
+                region,
+                concurrency: args.kinesis_concurrency,
+                database,
+                oversize,
+                max_pending: 20_000,
+            };
+            let stats = Arc::new(transport::kinesis::producer::ProducerStats::default());
+            tokio::spawn(async move {
+                transport::kinesis::producer::run(rx, acker, client, cfg, stats)
+                    .await
+                    .context("publishing to Kinesis")
+            })
+        }
     };
     let stats = Arc::new(CaptureStats::default());
     let captured = capture::run(cfg, tx, shutdown, stats).await;
     let sunk = sink.await.context("the sink task failed")?;
+    // The sink's error is the cause when both stopped.
+    sunk?;
     captured?;
-    sunk
+    Ok(())
 }

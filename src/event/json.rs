@@ -40,19 +40,7 @@ pub fn write_envelope(buf: &mut Vec<u8>, ev: &ChangeEvent, database: &str) {
     buf.extend_from_slice(b",\"commit_ts\":\"");
     buf.extend_from_slice(format_unix_micros(ev.commit_ts_us).as_bytes());
     buf.extend_from_slice(b"\"},\"key\":");
-    match &ev.key {
-        Some(key) => {
-            buf.push(b'{');
-            for (n, (&col, datum)) in t.key.iter().zip(key).enumerate() {
-                if n > 0 {
-                    buf.push(b',');
-                }
-                write_field(buf, t, col, datum);
-            }
-            buf.push(b'}');
-        }
-        None => buf.extend_from_slice(b"null"),
-    }
+    write_key(buf, ev);
     buf.extend_from_slice(b",\"before\":");
     write_row(buf, t, ev.before.as_deref());
     buf.extend_from_slice(b",\"after\":");
@@ -75,6 +63,24 @@ pub fn write_envelope(buf: &mut Vec<u8>, ev: &ChangeEvent, database: &str) {
         }
     }
     buf.push(b'}');
+}
+
+/// Appends the event's key as a JSON object (`null` for a truncate).
+pub fn write_key(buf: &mut Vec<u8>, ev: &ChangeEvent) {
+    let t = &ev.table;
+    match &ev.key {
+        Some(key) => {
+            buf.push(b'{');
+            for (n, (&col, datum)) in t.key.iter().zip(key).enumerate() {
+                if n > 0 {
+                    buf.push(b',');
+                }
+                write_field(buf, t, col, datum);
+            }
+            buf.push(b'}');
+        }
+        None => buf.extend_from_slice(b"null"),
+    }
 }
 
 fn write_row(buf: &mut Vec<u8>, t: &TableSchema, row: Option<&[Datum]>) {

@@ -2,6 +2,7 @@
 //! acknowledgement path: the capture numbers what it sends, a sink acknowledges "everything up
 //! to N is durable", and only then does the capture confirm the matching LSN to Postgres.
 
+pub mod kinesis;
 pub mod stdout;
 
 use tokio::sync::{mpsc, watch};

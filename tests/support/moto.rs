@@ -74,3 +74,54 @@ impl Drop for Moto {
         self.stop();
     }
 }
+
+impl Moto {
+    /// A Kinesis client of the real SDK against this emulator.
+    pub async fn kinesis(&self) -> aws_sdk_kinesis::Client {
+        let creds =
+            aws_sdk_kinesis::config::Credentials::new("testing", "testing", None, None, "test");
+        let conf = aws_sdk_kinesis::config::Builder::new()
+            .behavior_version(aws_sdk_kinesis::config::BehaviorVersion::latest())
+            .region(aws_sdk_kinesis::config::Region::new("us-east-1"))
+            .endpoint_url(self.endpoint())
+            .credentials_provider(creds)
+            .http_client(
+                aws_smithy_http_client::Builder::new()
+                    .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                        aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+                    ))
+                    .build_https(),
+            )
+            .build();
+        aws_sdk_kinesis::Client::from_conf(conf)
+    }
+
+    /// Creates a stream and waits until it is active.
+    pub async fn create_stream(&self, name: &str, shards: i32) {
+        let k = self.kinesis().await;
+        k.create_stream()
+            .stream_name(name)
+            .shard_count(shards)
+            .send()
+            .await
+            .expect("create stream");
+    }
+
+    /// Every record of the stream, read with boto3 (a plain client, not totes-cdc's).
+    pub fn read_all(&self, stream: &str) -> Vec<serde_json::Value> {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/read_kinesis.py");
+        let out = Command::new("python3")
+            .args([script, &self.endpoint(), stream])
+            .output()
+            .expect("python3");
+        assert!(
+            out.status.success(),
+            "boto3: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("reader line"))
+            .collect()
+    }
+}

@@ -108,6 +108,47 @@ async fn rows(client: &Client, sql: &str, diffs: &mut Vec<String>) -> BTreeMap<S
 /// Asserts the warehouse's star schema is the transform of the source's current rows: every
 /// table, every column; dim_date holds exactly the dates the facts reference, spelled right.
 pub async fn assert_star(source: &Client, wh: &Client) {
+    let diffs = star_diffs(source, wh).await;
+    assert!(
+        diffs.is_empty(),
+        "{} differences:\n{}",
+        diffs.len(),
+        diffs
+            .iter()
+            .take(15)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+/// Waits until the warehouse is the transform of the source (for pipelines with no single
+/// order, such as several Kinesis shards); panics with the differences after `timeout`.
+pub async fn wait_star(source: &Client, wh: &Client, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let diffs = star_diffs(source, wh).await;
+        if diffs.is_empty() {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "the warehouse did not converge: {} differences:\n{}",
+                diffs.len(),
+                diffs
+                    .iter()
+                    .take(15)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The differences between the warehouse's star schema and the transform of the source.
+pub async fn star_diffs(source: &Client, wh: &Client) -> Vec<String> {
     let mut diffs = Vec::new();
     for (table, expected_sql, actual_sql) in PAIRS {
         let expected = rows(source, expected_sql, &mut diffs).await;
@@ -180,17 +221,7 @@ pub async fn assert_star(source: &Client, wh: &Client) {
             ));
         }
     }
-    assert!(
-        diffs.is_empty(),
-        "{} differences:\n{}",
-        diffs.len(),
-        diffs
-            .iter()
-            .take(15)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    diffs
 }
 
 /// (year, month, day, ISO day of week, day name, month name, quarter), computed here.

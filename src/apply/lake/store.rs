@@ -274,3 +274,43 @@ fn write_local(root: &Path, path: &str, data: &[u8]) -> Result<(), StoreError> {
     }
     Ok(())
 }
+
+/// Reads a stored object by its full location (`s3://bucket/key` or a file path), as the
+/// pointer of an oversized Kinesis record names it.
+pub async fn fetch(location: &str) -> Result<Bytes, StoreError> {
+    if let Some(rest) = location.strip_prefix("s3://") {
+        let (bucket, key) = rest
+            .split_once('/')
+            .ok_or_else(|| StoreError::BadLocation(location.into()))?;
+        let sdk = aws_config().await;
+        let mut conf = aws_sdk_s3::config::Builder::from(&sdk);
+        if sdk.endpoint_url().is_some() || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some() {
+            conf = conf.force_path_style(true);
+        }
+        let client = aws_sdk_s3::Client::from_conf(conf.build());
+        let out = client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| Store::s3_error(e, bucket, key))?;
+        let data = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| StoreError::Transient {
+                bucket: bucket.into(),
+                key: key.into(),
+                message: e.to_string(),
+            })?;
+        return Ok(data.into_bytes());
+    }
+    tokio::fs::read(location)
+        .await
+        .map(Bytes::from)
+        .map_err(|e| StoreError::Local {
+            path: location.into(),
+            source: e,
+        })
+}

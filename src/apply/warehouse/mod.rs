@@ -64,6 +64,8 @@ struct Mirror {
     batch: String,
     key: Vec<String>,
     columns: Vec<String>,
+    /// (type oid, type modifier, SQL type name) of each column.
+    types: Vec<(u32, i32, String)>,
 }
 
 /// What one batch did.
@@ -100,6 +102,7 @@ pub struct Warehouse {
     orphans: Vec<String>,
     /// Events of that batch, so the same batch can be formed again.
     replay_events: Option<usize>,
+    lake_dedupe: bool,
 }
 
 impl Warehouse {
@@ -124,6 +127,7 @@ impl Warehouse {
             star_columns: BTreeMap::new(),
             orphans: Vec::new(),
             replay_events: None,
+            lake_dedupe: true,
         }
     }
 
@@ -232,7 +236,16 @@ impl Warehouse {
                        array(SELECT a.attname::text FROM pg_index i JOIN pg_attribute a \
                              ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
                              WHERE i.indrelid = c.oid AND i.indisprimary \
-                             ORDER BY array_position(i.indkey::int2[], a.attnum)) \
+                             ORDER BY array_position(i.indkey::int2[], a.attnum)), \
+                       array(SELECT a.atttypid FROM pg_attribute a WHERE a.attrelid = c.oid \
+                             AND a.attnum > 0 AND NOT a.attisdropped \
+                             AND a.attname NOT IN ('_lsn', '_seq', '_deleted', '_applied_at') ORDER BY a.attnum), \
+                       array(SELECT a.atttypmod FROM pg_attribute a WHERE a.attrelid = c.oid \
+                             AND a.attnum > 0 AND NOT a.attisdropped \
+                             AND a.attname NOT IN ('_lsn', '_seq', '_deleted', '_applied_at') ORDER BY a.attnum), \
+                       array(SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a WHERE a.attrelid = c.oid \
+                             AND a.attnum > 0 AND NOT a.attisdropped \
+                             AND a.attname NOT IN ('_lsn', '_seq', '_deleted', '_applied_at') ORDER BY a.attnum) \
                      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                      WHERE n.nspname = 'staging' AND c.relkind = 'r'",
                     &[],
@@ -245,11 +258,20 @@ impl Warehouse {
                 let name: String = r.get(0);
                 let columns: Vec<String> = r.get(1);
                 let key: Vec<String> = r.get(2);
+                let oids: Vec<u32> = r.get(3);
+                let mods: Vec<i32> = r.get(4);
+                let names: Vec<String> = r.get(5);
                 let m = Mirror {
                     staging: format!("staging.{}", quote_ident(&name)),
                     batch: ddl::batch_table(&name),
                     key,
                     columns,
+                    types: oids
+                        .into_iter()
+                        .zip(mods)
+                        .zip(names)
+                        .map(|((o, m), n)| (o, m, n))
+                        .collect(),
                 };
                 let cols: Vec<String> = m.columns.iter().map(|c| quote_ident(c)).collect();
                 ddl_sql.push_str(&format!(
@@ -323,8 +345,8 @@ impl Warehouse {
         let orphans = client
             .query(
                 "SELECT path, batch_events FROM totes_cdc.lake_pending p \
-                 WHERE NOT EXISTS (SELECT 1 FROM totes_cdc.lake_files f WHERE f.path = p.path)",
-                &[],
+                 WHERE writer = $1 AND NOT EXISTS (SELECT 1 FROM totes_cdc.lake_files f WHERE f.path = p.path)",
+                &[&self.checkpoint],
             )
             .await
             .map_err(|e| err("reading the lake's pending files", e))?;
@@ -362,14 +384,95 @@ impl Warehouse {
         Ok(self.replay_events.take())
     }
 
+    /// A source table's shape as its staging mirror has it (for decoding envelopes): the
+    /// mirror's columns and types, its primary key. `None` when there is no mirror.
+    pub async fn table_schema(
+        &mut self,
+        schema: &str,
+        table: &str,
+    ) -> Result<Option<Arc<TableSchema>>, ApplyError> {
+        self.session().await?;
+        let Some(m) = self.mirrors.get(&ddl::staging_name(schema, table)) else {
+            return Ok(None);
+        };
+        let columns: Vec<crate::event::Column> = m
+            .columns
+            .iter()
+            .zip(&m.types)
+            .map(|(name, (oid, typmod, type_name))| crate::event::Column {
+                name: name.clone(),
+                type_oid: *oid,
+                type_mod: *typmod,
+                type_name: type_name.clone(),
+                kind: crate::event::ValueKind::builtin(*oid)
+                    .unwrap_or(crate::event::ValueKind::Text),
+            })
+            .collect();
+        let key = m
+            .key
+            .iter()
+            .filter_map(|k| columns.iter().position(|c| &c.name == k))
+            .collect();
+        Ok(Some(Arc::new(TableSchema {
+            oid: 0,
+            schema: schema.to_string(),
+            name: table.to_string(),
+            columns,
+            key,
+            keyless: false,
+        })))
+    }
+
+    /// Turns off the lake's per-table dedupe of re-delivered events (consumers resume from
+    /// their shard checkpoints instead, and shards interleave a table's positions).
+    pub fn without_lake_dedupe(mut self) -> Self {
+        self.lake_dedupe = false;
+        self
+    }
+
     /// Whether the lake already holds this (streamed) event in a committed file.
     pub fn already_committed(&self, ev: &ChangeEvent) -> bool {
-        self.lake.is_some()
+        self.lake_dedupe
+            && self.lake.is_some()
             && ev.position.seq >= 0
             && self
                 .lake_hwm
                 .get(&ev.table.qualified_name())
                 .is_some_and(|hwm| ev.position <= *hwm)
+    }
+
+    /// A consumer that takes over a shard removes the files its previous owner wrote for a
+    /// batch that did not commit (the records are read again from the shard checkpoint).
+    pub async fn recover_shard_lake(&mut self, shard: &str) -> Result<(), ApplyError> {
+        self.session().await?;
+        let writer = format!("shard:{shard}");
+        let (Some(client), Some(store)) = (self.client.as_ref(), self.lake.as_ref()) else {
+            return Ok(());
+        };
+        let err = |e| ApplyError::Pg(self.url.query_error("reading the lake's pending files", e));
+        let rows = client
+            .query(
+                "SELECT path FROM totes_cdc.lake_pending p WHERE writer = $1 \
+                 AND NOT EXISTS (SELECT 1 FROM totes_cdc.lake_files f WHERE f.path = p.path)",
+                &[&writer],
+            )
+            .await
+            .map_err(err)?;
+        for r in &rows {
+            let path: String = r.get(0);
+            store.delete(&path).await?;
+            tracing::info!(%path, %shard, "removed a lake file of a batch that did not commit");
+        }
+        client
+            .execute(
+                "DELETE FROM totes_cdc.lake_pending WHERE writer = $1",
+                &[&writer],
+            )
+            .await
+            .map_err(|e| {
+                ApplyError::Pg(self.url.query_error("clearing the lake's pending files", e))
+            })?;
+        Ok(())
     }
 
     /// Deletes the files a crash left behind that the rebuilt batch did not write again.
@@ -431,13 +534,17 @@ impl Warehouse {
             .cloned()
             .collect();
         let skipped = batch.events.len() - events.len();
-        if events.is_empty() {
+        if events.is_empty() && batch.shard.is_none() && batch.rejects.is_empty() {
             return Ok(Applied {
                 skipped,
                 ..Default::default()
             });
         }
-        let changes = if self.lake.is_some() {
+        let writer = batch
+            .shard
+            .as_ref()
+            .map_or_else(|| self.checkpoint.clone(), |s| format!("shard:{}", s.shard));
+        let changes = if self.lake.is_some() && !events.is_empty() {
             lake::changes_files(&events).map_err(ApplyError::LakeFile)?
         } else {
             Vec::new()
@@ -478,7 +585,13 @@ impl Warehouse {
             applied.dead_letters += dead;
             merge_into_staging(&tx, mirror, events, &url).await?;
         }
-        if model == Model::Totesys {
+        if model == Model::Totesys && !events.is_empty() {
+            // Consumers of different shards apply at once; a dimension joining rows that
+            // arrive through different shards (staff and department) must see the other
+            // batch's rows: the star refresh and the commit take turns.
+            tx.batch_execute("SELECT pg_advisory_xact_lock(hashtext('totes_cdc.star'))")
+                .await
+                .map_err(|e| err("waiting for the star refresh lock", e))?;
             let mut sql = String::new();
             for (_, body) in ddl::STAR_TRANSFORMS {
                 sql.push_str(&ddl::with_schema(body, &schema));
@@ -488,7 +601,7 @@ impl Warehouse {
                 .await
                 .map_err(|e| err("refreshing the star schema", e))?;
         }
-        if let (Some(store), Some(pending)) = (&store, pending) {
+        if let (Some(store), Some(pending), false) = (&store, pending, events.is_empty()) {
             let mut files = changes;
             let first = events.iter().map(|e| e.position).min().unwrap_or_default();
             let last = events.iter().map(|e| e.position).max().unwrap_or_default();
@@ -517,7 +630,7 @@ impl Warehouse {
                     );
                 }
             }
-            write_lake(store, pending, &tx, &files, events.len(), &url).await?;
+            write_lake(store, pending, &tx, &files, events.len(), &writer, &url).await?;
             applied.lake_files = files.len();
             applied.lake_bytes = files.iter().map(|f| f.data.len()).sum();
             for f in files
@@ -526,6 +639,29 @@ impl Warehouse {
             {
                 hwm_updates.push((f.table.clone(), f.last));
             }
+        }
+        for r in &batch.rejects {
+            tx.execute(
+                "INSERT INTO totes_cdc.dead_letters (source_table, origin, event, reason) \
+                 VALUES ($1, $2, $3::text::jsonb, $4) ON CONFLICT DO NOTHING",
+                &[&"(unparsed)", &r.origin, &r.payload.to_string(), &r.reason],
+            )
+            .await
+            .map_err(|e| err("writing a dead letter", e))?;
+            applied.dead_letters += 1;
+        }
+        if let Some(sp) = &batch.shard {
+            tx.execute(
+                "INSERT INTO totes_cdc.shard_checkpoints AS c (stream, shard_id, sequence_number, ended, updated_at) \
+                 VALUES ($1, $2, $3, $4, now()) \
+                 ON CONFLICT (stream, shard_id) DO UPDATE SET \
+                   sequence_number = CASE WHEN c.sequence_number IS NULL OR EXCLUDED.sequence_number::numeric > c.sequence_number::numeric \
+                                          THEN coalesce(EXCLUDED.sequence_number, c.sequence_number) ELSE c.sequence_number END, \
+                   ended = c.ended OR EXCLUDED.ended, updated_at = now()",
+                &[&sp.stream, &sp.shard, &sp.sequence_number, &sp.ended],
+            )
+            .await
+            .map_err(|e| err("recording the shard checkpoint", e))?;
         }
         if let Some(last) = events.iter().map(|e| e.position).max() {
             let ts = batch.newest_commit_ts_us.unwrap_or(0) as f64 / 1e6;
@@ -601,15 +737,16 @@ async fn write_lake(
     tx: &Transaction<'_>,
     files: &[LakeFile],
     batch_events: usize,
+    writer: &str,
     url: &PgUrl,
 ) -> Result<(), ApplyError> {
     let err = |ctx: &str, e: tokio_postgres::Error| ApplyError::Pg(url.query_error(ctx, e));
     let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
     pending
         .execute(
-            "INSERT INTO totes_cdc.lake_pending (path, batch_events) SELECT unnest($1::text[]), $2 \
-             ON CONFLICT (path) DO UPDATE SET batch_events = EXCLUDED.batch_events",
-            &[&paths, &(batch_events as i32)],
+            "INSERT INTO totes_cdc.lake_pending (path, batch_events, writer) SELECT unnest($1::text[]), $2, $3 \
+             ON CONFLICT (path) DO UPDATE SET batch_events = EXCLUDED.batch_events, writer = EXCLUDED.writer",
+            &[&paths, &(batch_events as i32), &writer],
         )
         .await
         .map_err(|e| err("recording the lake's pending files", e))?;

@@ -1,0 +1,69 @@
+//! `totes-cdc consume`: one replica of the Kinesis consumers. The warehouse must have been set
+//! up (`totes-cdc setup --source-url ... --warehouse-url ...`), which creates the staging
+//! mirrors the records are applied to.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use tokio::sync::watch;
+
+use crate::apply::lake::Store;
+use crate::apply::warehouse::Warehouse;
+use crate::config::ConsumeArgs;
+use crate::transport::kinesis::consumer::{self, ConsumerConfig, ConsumerStats};
+use crate::transport::kinesis::leases::Leases;
+use crate::transport::kinesis::{self as kinesis};
+
+/// The checkpoint name of consumers (the highest applied position over all shards).
+pub const CHECKPOINT: &str = "consume";
+
+pub async fn run(args: ConsumeArgs, shutdown: watch::Receiver<bool>) -> Result<()> {
+    let url = super::run::warehouse_url(&args.warehouse)?;
+    let id = args.consumer_id.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "consumer".into());
+        format!("{host}-{}", std::process::id())
+    });
+    let (client, region) = kinesis::client().await;
+    let stream = args.kinesis.kinesis_stream.clone();
+    kinesis::check_stream(&client, &stream, &region).await?;
+    let control = url.connect().await?;
+    let mirrors: i64 = control
+        .query_one(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = 'staging' AND c.relkind = 'r'",
+            &[],
+        )
+        .await
+        .map_err(|e| url.query_error("looking for the staging mirrors", e))?
+        .get(0);
+    if mirrors == 0 {
+        anyhow::bail!(
+            "the warehouse at {} has no staging tables: run `totes-cdc setup --source-url <source> --warehouse-url <warehouse>` first",
+            url.target()
+        );
+    }
+    let mut wh = Warehouse::new(
+        url.clone(),
+        &args.warehouse.warehouse_schema,
+        args.warehouse.model,
+        CHECKPOINT,
+        "",
+    )
+    .without_lake_dedupe();
+    if args.warehouse.lake != "none" {
+        wh = wh.with_lake(Store::open(&args.warehouse.lake).await?);
+    }
+    tracing::info!(consumer = %id, %stream, warehouse = %url.masked(), "consuming");
+    let cfg = ConsumerConfig {
+        stream: stream.clone(),
+        region,
+        max_records: args.warehouse.batch_max_events.min(10_000) as i32,
+        poll: args.poll_interval,
+    };
+    let leases = Leases::new(url, &stream, &id);
+    let stats = Arc::new(ConsumerStats::default());
+    consumer::run(client, cfg, wh, leases, stats, shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,278 @@
+//! Reading the JSON envelope back into a change event (the Kinesis consumer's side): each value
+//! returns to PostgreSQL's text input form for the column's type.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use bytes::Bytes;
+use serde_json::{Map, Value};
+
+use super::json::ENVELOPE_VERSION;
+use super::{ChangeEvent, Datum, Lsn, Op, Position, TableSchema, ValueKind};
+
+/// The parts of an envelope before its table is known.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub op: Op,
+    pub schema: String,
+    pub table: String,
+    pub position: Position,
+    pub xid: Option<u32>,
+    pub commit_ts_us: i64,
+    pub key: Option<Map<String, Value>>,
+    pub before: Option<Map<String, Value>>,
+    pub after: Option<Map<String, Value>>,
+    pub unchanged_toast: Vec<String>,
+    /// Where the full envelope of an oversized record is stored.
+    pub oversized: Option<String>,
+}
+
+/// Parses an envelope; the error says what is wrong with it.
+pub fn parse(data: &[u8]) -> Result<Envelope, String> {
+    let v: Value = serde_json::from_slice(data).map_err(|e| format!("not JSON: {e}"))?;
+    let o = v.as_object().ok_or("not a JSON object")?;
+    let version = o
+        .get("version")
+        .and_then(Value::as_u64)
+        .ok_or("no version")?;
+    if version != ENVELOPE_VERSION as u64 {
+        return Err(format!(
+            "envelope version {version}, this consumer reads {ENVELOPE_VERSION}"
+        ));
+    }
+    let op = o
+        .get("op")
+        .and_then(Value::as_str)
+        .and_then(Op::from_code)
+        .ok_or("no valid op")?;
+    let src = o
+        .get("source")
+        .and_then(Value::as_object)
+        .ok_or("no source")?;
+    let text = |k: &str| -> Result<String, String> {
+        src.get(k)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or(format!("no source.{k}"))
+    };
+    let lsn = Lsn::parse(&text("lsn")?).map_err(|e| e.to_string())?;
+    let seq = src
+        .get("seq")
+        .and_then(Value::as_i64)
+        .and_then(|s| i32::try_from(s).ok())
+        .ok_or("no source.seq")?;
+    let commit_ts_us = parse_utc_micros(&text("commit_ts")?)?;
+    let obj = |k: &str| o.get(k).and_then(Value::as_object).cloned();
+    Ok(Envelope {
+        op,
+        schema: text("schema")?,
+        table: text("table")?,
+        position: Position::new(lsn, seq),
+        xid: src.get("xid").and_then(Value::as_u64).map(|x| x as u32),
+        commit_ts_us,
+        key: obj("key"),
+        before: obj("before"),
+        after: obj("after"),
+        unchanged_toast: o
+            .get("unchanged_toast")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        oversized: o
+            .get("oversized")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+    })
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ` → microseconds since the Unix epoch.
+pub fn parse_utc_micros(s: &str) -> Result<i64, String> {
+    let bad = || format!("commit_ts '{s}' is not an ISO-8601 UTC time");
+    let s2 = s.strip_suffix('Z').ok_or_else(bad)?;
+    let (date, time) = s2.split_once('T').ok_or_else(bad)?;
+    let mut d = date.split('-');
+    let (y, m, dd) = (
+        d.next()
+            .and_then(|v| v.parse::<i64>().ok())
+            .ok_or_else(bad)?,
+        d.next()
+            .and_then(|v| v.parse::<u32>().ok())
+            .ok_or_else(bad)?,
+        d.next()
+            .and_then(|v| v.parse::<u32>().ok())
+            .ok_or_else(bad)?,
+    );
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut t = hms.split(':').map(|v| v.parse::<i64>().ok());
+    let (h, mi, se) = (
+        t.next().flatten().ok_or_else(bad)?,
+        t.next().flatten().ok_or_else(bad)?,
+        t.next().flatten().ok_or_else(bad)?,
+    );
+    let digits: String = frac.chars().take(6).collect();
+    let micros = digits.parse::<i64>().map_err(|_| bad())? * 10i64.pow(6 - digits.len() as u32);
+    let days = crate::apply::lake::arrow::days_from_civil(y, m, dd);
+    Ok(((days * 24 + h) * 60 + mi) * 60 * 1_000_000 + se * 1_000_000 + micros)
+}
+
+/// A JSON value back in PostgreSQL's text input form.
+fn pg_text(kind: &ValueKind, v: &Value) -> Result<Option<String>, String> {
+    Ok(Some(match (kind, v) {
+        (_, Value::Null) => return Ok(None),
+        (ValueKind::Bool, Value::Bool(b)) => if *b { "t" } else { "f" }.to_string(),
+        (ValueKind::Bytea, Value::String(s)) => {
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(s)
+                .map_err(|e| format!("bytea is not base64: {e}"))?;
+            let mut out = String::with_capacity(2 + raw.len() * 2);
+            out.push_str("\\x");
+            for b in raw {
+                out.push_str(&format!("{b:02x}"));
+            }
+            out
+        }
+        (ValueKind::Json, v) => v.to_string(),
+        (ValueKind::Array(inner), Value::Array(items)) => array_literal(inner, items)?,
+        (_, Value::String(s)) => s.clone(),
+        (_, Value::Number(n)) => n.to_string(),
+        (_, Value::Bool(b)) => b.to_string(),
+        (_, other) => other.to_string(),
+    }))
+}
+
+fn array_literal(kind: &ValueKind, items: &[Value]) -> Result<String, String> {
+    let mut out = String::from("{");
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        match item {
+            Value::Array(inner) => out.push_str(&array_literal(kind, inner)?),
+            Value::Null => out.push_str("NULL"),
+            v => {
+                let t = pg_text(kind, v)?.unwrap_or_default();
+                out.push('"');
+                for c in t.chars() {
+                    if c == '"' || c == '\\' {
+                        out.push('\\');
+                    }
+                    out.push(c);
+                }
+                out.push('"');
+            }
+        }
+    }
+    out.push('}');
+    Ok(out)
+}
+
+fn row(
+    t: &TableSchema,
+    values: &Map<String, Value>,
+    unchanged: &[String],
+) -> Result<Vec<Datum>, String> {
+    t.columns
+        .iter()
+        .map(|c| {
+            if unchanged.contains(&c.name) {
+                return Ok(Datum::UnchangedToast);
+            }
+            match values.get(&c.name) {
+                None => Ok(Datum::Null),
+                Some(v) => Ok(
+                    match pg_text(&c.kind, v).map_err(|e| format!("column {}: {e}", c.name))? {
+                        None => Datum::Null,
+                        Some(s) => Datum::Text(Bytes::from(s)),
+                    },
+                ),
+            }
+        })
+        .collect()
+}
+
+/// The change event of an envelope, for a table shaped like `t`.
+pub fn to_event(env: &Envelope, t: Arc<TableSchema>) -> Result<ChangeEvent, String> {
+    let after = env
+        .after
+        .as_ref()
+        .map(|a| row(&t, a, &env.unchanged_toast))
+        .transpose()?;
+    let before = env.before.as_ref().map(|b| row(&t, b, &[])).transpose()?;
+    let key = match &env.key {
+        Some(k) => Some(
+            t.key
+                .iter()
+                .map(|&i| {
+                    let c = &t.columns[i];
+                    let v = k
+                        .get(&c.name)
+                        .ok_or_else(|| format!("key column {} missing", c.name))?;
+                    Ok(match pg_text(&c.kind, v)? {
+                        None => Datum::Null,
+                        Some(s) => Datum::Text(Bytes::from(s)),
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()?,
+        ),
+        None if env.op == Op::Truncate => None,
+        None => return Err("no key".into()),
+    };
+    Ok(ChangeEvent {
+        op: env.op,
+        position: env.position,
+        xid: env.xid,
+        commit_ts_us: env.commit_ts_us,
+        table: t,
+        before,
+        key,
+        after,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_micros() {
+        assert_eq!(
+            parse_utc_micros("1970-01-01T00:00:01.500000Z").unwrap(),
+            1_500_000
+        );
+        assert_eq!(
+            crate::event::json::format_unix_micros(
+                parse_utc_micros("2024-11-15T14:40:10.188000Z").unwrap()
+            ),
+            "2024-11-15T14:40:10.188000Z"
+        );
+    }
+
+    #[test]
+    fn values_return_to_text() {
+        assert_eq!(
+            pg_text(&ValueKind::Bool, &Value::Bool(true))
+                .unwrap()
+                .unwrap(),
+            "t"
+        );
+        assert_eq!(
+            pg_text(&ValueKind::Bytea, &Value::String("AP8Q".into()))
+                .unwrap()
+                .unwrap(),
+            "\\x00ff10"
+        );
+        assert_eq!(
+            pg_text(
+                &ValueKind::Array(Box::new(ValueKind::Text)),
+                &serde_json::json!([["a\"b", null], ["c", "d"]])
+            )
+            .unwrap()
+            .unwrap(),
+            "{{\"a\\\"b\",NULL},{\"c\",\"d\"}}"
+        );
+    }
+}

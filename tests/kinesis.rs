@@ -520,3 +520,55 @@ async fn failed_and_throttled_entries_are_retried_without_loss_or_reordering() {
     }
     assert_eq!(reordered, 0, "versions of a key out of order");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_stream_or_an_unreachable_endpoint_stops_with_the_fix() {
+    let moto = Moto::start();
+    let pg = PgCluster::start();
+    let src = pg.create_db("src").await;
+    let wh = pg.create_db("wh").await;
+    totesys::create(&src).await;
+    totesys::publish(&src).await;
+    let _ = wh;
+    let (src_url, wh_url) = (pg.url("src"), pg.url("wh"));
+    let state = support::temp_dir("kbad").to_string_lossy().into_owned();
+    let e = env(&moto);
+    let last_line = |err: &str| err.lines().last().unwrap_or_default().to_string();
+    let (status, _, err) = support::run(
+        &["stream", "--sink", "kinesis", "--kinesis-stream", "nope", "--source-url", &src_url, "--state-dir", &state],
+        &as_refs(&e),
+    );
+    assert!(!status.success());
+    let line = last_line(&err);
+    assert!(line.contains("Kinesis stream \"nope\" does not exist in region us-east-1") && line.contains("kinesis-stream"), "{line}");
+    let (status, _, err) = support::run(
+        &["consume", "--kinesis-stream", "nope", "--warehouse-url", &wh_url],
+        &as_refs(&e),
+    );
+    assert!(!status.success());
+    assert!(last_line(&err).contains("does not exist"), "{err}");
+    let dead: Vec<(String, String)> = e
+        .iter()
+        .map(|(k, v)| {
+            if k == "AWS_ENDPOINT_URL" {
+                (k.clone(), format!("http://127.0.0.1:{}", support::pg::free_port()))
+            } else {
+                (k.clone(), v.clone())
+            }
+        })
+        .collect();
+    let (status, _, err) = support::run(
+        &["stream", "--sink", "kinesis", "--kinesis-stream", "nope", "--source-url", &src_url, "--state-dir", &state],
+        &as_refs(&dead),
+    );
+    assert!(!status.success());
+    let line = last_line(&err);
+    assert!(line.contains("cannot reach the Kinesis endpoint") && line.contains("AWS_ENDPOINT_URL"), "{line}");
+    // Nothing was captured: the slot was not even created.
+    let slots: i64 = src
+        .query_one("SELECT count(*) FROM pg_replication_slots", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(slots, 0);
+}

@@ -5,3 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo bench --bench capture -- --write
 cargo bench --bench apply -- --write
+cargo bench --bench kinesis -- --write

@@ -535,14 +535,34 @@ async fn a_missing_stream_or_an_unreachable_endpoint_stops_with_the_fix() {
     let e = env(&moto);
     let last_line = |err: &str| err.lines().last().unwrap_or_default().to_string();
     let (status, _, err) = support::run(
-        &["stream", "--sink", "kinesis", "--kinesis-stream", "nope", "--source-url", &src_url, "--state-dir", &state],
+        &[
+            "stream",
+            "--sink",
+            "kinesis",
+            "--kinesis-stream",
+            "nope",
+            "--source-url",
+            &src_url,
+            "--state-dir",
+            &state,
+        ],
         &as_refs(&e),
     );
     assert!(!status.success());
     let line = last_line(&err);
-    assert!(line.contains("Kinesis stream \"nope\" does not exist in region us-east-1") && line.contains("kinesis-stream"), "{line}");
+    assert!(
+        line.contains("Kinesis stream \"nope\" does not exist in region us-east-1")
+            && line.contains("kinesis-stream"),
+        "{line}"
+    );
     let (status, _, err) = support::run(
-        &["consume", "--kinesis-stream", "nope", "--warehouse-url", &wh_url],
+        &[
+            "consume",
+            "--kinesis-stream",
+            "nope",
+            "--warehouse-url",
+            &wh_url,
+        ],
         &as_refs(&e),
     );
     assert!(!status.success());
@@ -551,19 +571,35 @@ async fn a_missing_stream_or_an_unreachable_endpoint_stops_with_the_fix() {
         .iter()
         .map(|(k, v)| {
             if k == "AWS_ENDPOINT_URL" {
-                (k.clone(), format!("http://127.0.0.1:{}", support::pg::free_port()))
+                (
+                    k.clone(),
+                    format!("http://127.0.0.1:{}", support::pg::free_port()),
+                )
             } else {
                 (k.clone(), v.clone())
             }
         })
         .collect();
     let (status, _, err) = support::run(
-        &["stream", "--sink", "kinesis", "--kinesis-stream", "nope", "--source-url", &src_url, "--state-dir", &state],
+        &[
+            "stream",
+            "--sink",
+            "kinesis",
+            "--kinesis-stream",
+            "nope",
+            "--source-url",
+            &src_url,
+            "--state-dir",
+            &state,
+        ],
         &as_refs(&dead),
     );
     assert!(!status.success());
     let line = last_line(&err);
-    assert!(line.contains("cannot reach the Kinesis endpoint") && line.contains("AWS_ENDPOINT_URL"), "{line}");
+    assert!(
+        line.contains("cannot reach the Kinesis endpoint") && line.contains("AWS_ENDPOINT_URL"),
+        "{line}"
+    );
     // Nothing was captured: the slot was not even created.
     let slots: i64 = src
         .query_one("SELECT count(*) FROM pg_replication_slots", &[])

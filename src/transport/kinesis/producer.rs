@@ -238,6 +238,13 @@ pub async fn run(
         let can_take = open && pending.len() < cfg.max_pending.max(1);
         if !open && pending.is_empty() && inflight.is_empty() {
             acker.ack(last_seen);
+            tracing::info!(
+                records = stats.records.load(Ordering::Relaxed),
+                bytes = stats.bytes.load(Ordering::Relaxed),
+                requests = stats.requests.load(Ordering::Relaxed),
+                failed_entries = stats.failed_records.load(Ordering::Relaxed),
+                "kinesis producer done"
+            );
             return Ok(());
         }
         tokio::select! {

@@ -1,0 +1,359 @@
+//! Kinesis benchmarks, against moto on the same machine:
+//! 1. the ceiling: a plain PutRecords loop (the real SDK, 500 records of the envelope's size
+//!    per request) at 1 and 4 requests in flight — what moto takes at most;
+//! 2. the producer: `totes-cdc stream --sink kinesis` draining the same WAL (100,000 inserts of
+//!    sales_order) at 1, 2, 4 and 8 requests in flight: records/s, MB/s, ratio to the ceiling;
+//! 3. end to end: stream + consume under a steady 200 source transactions/s (sale bundles):
+//!    latency from the source commit to the sale visible in fact_sales_order, p50/p99.
+//!
+//! `--write` records the results in BENCHMARKS.md. Run with `make bench`.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aws_sdk_kinesis::primitives::Blob;
+use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+use support::moto::Moto;
+use support::PgCluster;
+
+const ROWS: i64 = 100_000;
+const RECORD_BYTES: usize = 700;
+const RATE: u64 = 200;
+const LOAD_SECS: u64 = 20;
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Records/s and MB/s of a plain PutRecords loop.
+async fn ceiling(moto: &Moto, concurrency: usize) -> (f64, f64) {
+    let stream = format!("ceiling{concurrency}");
+    moto.create_stream(&stream, 4).await;
+    let k = moto.kinesis().await;
+    let total = 50_000usize;
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for w in 0..concurrency {
+        let k = k.clone();
+        let stream = stream.clone();
+        handles.push(tokio::spawn(async move {
+            let mut sent = 0;
+            let mut n = w * 1_000_000;
+            while sent < total / concurrency {
+                let entries: Vec<PutRecordsRequestEntry> = (0..500)
+                    .map(|i| {
+                        PutRecordsRequestEntry::builder()
+                            .data(Blob::new(vec![b'x'; RECORD_BYTES]))
+                            .partition_key(format!(
+                                "public.sales_order/{{\"sales_order_id\":{}}}",
+                                n + i
+                            ))
+                            .build()
+                            .unwrap()
+                    })
+                    .collect();
+                n += 500;
+                k.put_records()
+                    .stream_name(&stream)
+                    .set_records(Some(entries))
+                    .send()
+                    .await
+                    .unwrap();
+                sent += 500;
+            }
+            sent
+        }));
+    }
+    let mut records = 0;
+    for h in handles {
+        records += h.await.unwrap();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let rate = records as f64 / secs;
+    (rate, rate * (RECORD_BYTES + 40) as f64 / 1e6)
+}
+
+/// Records/s and MB/s of `stream --sink kinesis` draining the prepared WAL from `slot`.
+fn producer(
+    pg: &PgCluster,
+    moto: &Moto,
+    slot: &str,
+    concurrency: usize,
+    until: &str,
+) -> (f64, f64, u64) {
+    let stream = format!("producer{concurrency}");
+    let state = support::temp_dir("bench-kin");
+    let env = moto.env();
+    let started = Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_totes-cdc"))
+        .args([
+            "stream",
+            "--sink",
+            "kinesis",
+            "--kinesis-stream",
+            &stream,
+            "--kinesis-concurrency",
+            &concurrency.to_string(),
+            "--source-url",
+            &pg.url("bench"),
+            "--slot",
+            slot,
+            "--snapshot",
+            "never",
+            "--heartbeat-interval",
+            "0",
+            "--until-lsn",
+            until,
+            "--state-dir",
+            &state.to_string_lossy(),
+            "--lake",
+            "none",
+            "--log",
+            "info",
+        ])
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .expect("stream");
+    let secs = started.elapsed().as_secs_f64();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let field = |name: &str| -> u64 {
+        err.lines()
+            .find(|l| l.contains("kinesis producer done"))
+            .and_then(|l| {
+                l.split_whitespace()
+                    .find(|w| w.starts_with(&format!("{name}=")))
+            })
+            .and_then(|w| w.split('=').nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let records = field("records");
+    let bytes = field("bytes");
+    (records as f64 / secs, bytes as f64 / secs / 1e6, records)
+}
+
+async fn end_to_end(pg: &PgCluster, moto: &Moto) -> String {
+    moto.create_stream("live", 4).await;
+    let src = pg.create_db("live").await;
+    let wh = pg.create_db("live_wh").await;
+    support::totesys::create(&src).await;
+    support::totesys::publish(&src).await;
+    let env = moto.env();
+    let envs = || {
+        env.iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect::<Vec<_>>()
+    };
+    let state = support::temp_dir("bench-kin-e2e");
+    let st = state.to_string_lossy().into_owned();
+    let lake = format!("{st}/lake");
+    let (ok, out, err) = support::run(
+        &[
+            "setup",
+            "--source-url",
+            &pg.url("live"),
+            "--warehouse-url",
+            &pg.url("live_wh"),
+        ],
+        &envs(),
+    );
+    assert!(ok.success(), "{out}{err}");
+    let src_url = pg.url("live");
+    let wh_url = pg.url("live_wh");
+    let streamer = support::Proc::spawn(
+        &[
+            "stream",
+            "--sink",
+            "kinesis",
+            "--kinesis-stream",
+            "live",
+            "--source-url",
+            &src_url,
+            "--state-dir",
+            &st,
+            "--lake",
+            &lake,
+            "--log",
+            "warn",
+        ],
+        &envs(),
+    );
+    let consumer = support::Proc::spawn(
+        &[
+            "consume",
+            "--kinesis-stream",
+            "live",
+            "--warehouse-url",
+            &wh_url,
+            "--lake",
+            &lake,
+            "--poll-interval",
+            "50ms",
+            "--log",
+            "warn",
+        ],
+        &envs(),
+    );
+    loop {
+        let active: bool = src
+            .query_opt(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = 'totes_cdc'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .map(|r| r.get(0))
+            .unwrap_or(false);
+        if active {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("end to end through Kinesis: {RATE} transactions/s for {LOAD_SECS}s");
+    let committed: Arc<Mutex<Vec<(i32, Instant)>>> = Arc::new(Mutex::new(Vec::new()));
+    let writer = {
+        let committed = committed.clone();
+        let url = src_url.clone();
+        tokio::spawn(async move {
+            let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let interval = Duration::from_micros(1_000_000 / RATE);
+            let start = Instant::now();
+            for i in 0..RATE * LOAD_SECS {
+                tokio::time::sleep_until((start + interval * i as u32).into()).await;
+                db.batch_execute(&support::totesys::sale_sql(i as i32))
+                    .await
+                    .unwrap();
+                let id: i32 = db
+                    .query_one("SELECT currval(pg_get_serial_sequence('sales_order', 'sales_order_id'))::int", &[])
+                    .await
+                    .unwrap()
+                    .get(0);
+                committed.lock().unwrap().push((id, Instant::now()));
+            }
+        })
+    };
+    let mut seen: std::collections::HashMap<i32, Instant> = std::collections::HashMap::new();
+    let mut upto = 0;
+    let deadline = Instant::now() + Duration::from_secs(LOAD_SECS + 120);
+    while (seen.len() as u64) < RATE * LOAD_SECS && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let rows = wh
+            .query(
+                "SELECT sales_order_id FROM fact_sales_order WHERE sales_order_id > $1",
+                &[&upto],
+            )
+            .await
+            .unwrap_or_default();
+        let now = Instant::now();
+        for r in rows {
+            seen.entry(r.get(0)).or_insert(now);
+        }
+        while seen.contains_key(&(upto + 1)) {
+            upto += 1;
+        }
+    }
+    writer.await.unwrap();
+    let mut lat: Vec<f64> = committed
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|(id, t)| {
+            seen.get(id)
+                .map(|v| v.saturating_duration_since(*t).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    lat.sort_by(|a, b| a.total_cmp(b));
+    drop(streamer);
+    drop(consumer);
+    format!(
+        "| end to end at {RATE} tx/s through Kinesis (moto, 4 shards, 1 consumer; {} sales) | p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms |\n",
+        lat.len(),
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        lat.last().copied().unwrap_or(f64::NAN)
+    )
+}
+
+#[tokio::main]
+async fn main() {
+    let moto = Moto::start();
+    let pg = PgCluster::start_with(&[("max_wal_size", "'4GB'")]);
+    let db = pg.create_db("bench").await;
+    support::totesys::create(&db).await;
+    db.batch_execute("CREATE PUBLICATION totes_cdc FOR TABLE sales_order")
+        .await
+        .unwrap();
+    let levels = [1usize, 2, 4, 8];
+    for c in levels {
+        db.execute(
+            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&format!("kin{c}")],
+        )
+        .await
+        .unwrap();
+    }
+    for start in (0..ROWS).step_by(1000) {
+        db.batch_execute(&format!(
+            "INSERT INTO sales_order (last_updated, design_id, staff_id, counterparty_id, units_sold, unit_price, currency_id, agreed_delivery_date, agreed_payment_date, agreed_delivery_location_id) \
+             SELECT now(), 1, 1, 1, 1000 + g % 99000, 2.50, 1, '2025-01-01', '2025-01-05', 1 FROM generate_series({start}, {}) g",
+            start + 999
+        ))
+        .await
+        .unwrap();
+    }
+    let until: String = db
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+
+    let mut report = String::new();
+    let (c1, c1mb) = ceiling(&moto, 1).await;
+    let (c4, c4mb) = ceiling(&moto, 4).await;
+    report.push_str(&format!(
+        "| moto ceiling: plain PutRecords loop, 500 × {RECORD_BYTES} B records per request, 1 in flight | {c1:.0} records/s, {c1mb:.1} MB/s | |\n\
+         | moto ceiling, 4 in flight | {c4:.0} records/s, {c4mb:.1} MB/s | |\n"
+    ));
+    let best = c1.max(c4);
+    for c in levels {
+        moto.create_stream(&format!("producer{c}"), 4).await;
+        let (rate, mb, n) = producer(&pg, &moto, &format!("kin{c}"), c, &until);
+        assert_eq!(n, ROWS as u64, "every row published");
+        report.push_str(&format!(
+            "| totes-cdc stream --sink kinesis, {c} in flight ({n} records) | {rate:.0} records/s, {mb:.1} MB/s | ratio {:.2} to the best ceiling |\n",
+            rate / best
+        ));
+    }
+    report.push_str(&end_to_end(&pg, &moto).await);
+    println!("{report}");
+    if std::env::args().any(|a| a == "--write") {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/BENCHMARKS.md");
+        let old = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".into());
+        let (begin, finish) = ("<!-- kinesis:begin -->", "<!-- kinesis:end -->");
+        let section = format!(
+            "{begin}\n## Kinesis: the streaming deployment, against moto\n\n\
+             moto (the AWS emulator, a Python server) runs on the same machine ({} cores); its own \
+             ceiling is measured in the same run with a plain PutRecords loop of the real SDK. \
+             Command: `make bench` (`cargo bench --bench kinesis -- --write`).\n\n\
+             | measurement | result | |\n|---|---|---|\n{report}{finish}",
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(0)
+        );
+        let new = match (old.find(begin), old.find(finish)) {
+            (Some(b), Some(e)) => format!("{}{section}{}", &old[..b], &old[e + finish.len()..]),
+            _ => format!("{}\n\n{section}\n", old.trim_end()),
+        };
+        let _ = std::fs::write(path, new);
+    }
+}

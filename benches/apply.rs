@@ -41,6 +41,7 @@ async fn capture_all(pg: &PgCluster, db: &str, until: Lsn) -> Vec<ChangeEvent> {
         buffer_events: 4096,
         drain_timeout: Duration::from_secs(10),
         until: Some(until),
+        slot_max_retained_wal: 1 << 30,
     };
     let (tx, mut rx, acker) = transport::channel(4096);
     let collector = tokio::spawn(async move {
@@ -54,9 +55,15 @@ async fn capture_all(pg: &PgCluster, db: &str, until: Lsn) -> Vec<ChangeEvent> {
         events
     });
     let (_stop, shutdown) = tokio::sync::watch::channel(false);
-    capture::run(cfg, tx, shutdown, Arc::new(CaptureStats::default()))
-        .await
-        .expect("capture");
+    capture::run(
+        cfg,
+        tx,
+        shutdown,
+        Arc::new(CaptureStats::default()),
+        totes_cdc::metrics::server::Health::new(),
+    )
+    .await
+    .expect("capture");
     collector.await.unwrap()
 }
 
@@ -154,6 +161,7 @@ async fn end_to_end(pg: &PgCluster) -> String {
     support::totesys::publish(&src).await;
     let state = support::temp_dir("bench-e2e");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_totes-cdc"))
+        .env("TOTES_CDC_METRICS_ADDR", "127.0.0.1:0")
         .args([
             "run",
             "--source-url",

@@ -130,6 +130,7 @@ async fn main() {
     let state = std::env::temp_dir().join(format!("totes-cdc-bench-{}", std::process::id()));
     let t = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_totes-cdc"))
+        .env("TOTES_CDC_METRICS_ADDR", "127.0.0.1:0")
         .args([
             "stream",
             "--sink",

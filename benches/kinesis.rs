@@ -92,6 +92,7 @@ fn producer(
     let env = moto.env();
     let started = Instant::now();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_totes-cdc"))
+        .env("TOTES_CDC_METRICS_ADDR", "127.0.0.1:0")
         .args([
             "stream",
             "--sink",

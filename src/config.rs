@@ -72,6 +72,9 @@ pub struct ConsumeArgs {
     #[command(flatten)]
     pub kinesis: KinesisArgs,
 
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
+
     /// This consumer's name among the replicas (default: host name and process id).
     #[arg(long, env = "TOTES_CDC_CONSUMER_ID")]
     pub consumer_id: Option<String>,
@@ -198,6 +201,11 @@ pub struct CaptureArgs {
     #[arg(long, env = "TOTES_CDC_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
+    /// Retained WAL on the source above which the slot is reported (log and /readyz), e.g.
+    /// `1GiB`.
+    #[arg(long, env = "TOTES_CDC_SLOT_MAX_RETAINED_WAL", default_value = "1GiB", value_parser = parse_bytes)]
+    pub slot_max_retained_wal: i64,
+
     /// Stop once everything up to this LSN is confirmed (bounded runs, benchmarks).
     #[arg(long, env = "TOTES_CDC_UNTIL_LSN", value_name = "LSN", value_parser = parse_lsn)]
     pub until_lsn: Option<crate::event::Lsn>,
@@ -246,6 +254,9 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub warehouse: WarehouseArgs,
+
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 
     /// A live progress line on the terminal, and a summary at the end.
     #[arg(long)]
@@ -301,6 +312,9 @@ pub struct StreamArgs {
     pub sink: SinkKind,
 
     #[command(flatten)]
+    pub metrics: MetricsArgs,
+
+    #[command(flatten)]
     pub kinesis: KinesisArgs,
 
     /// PutRecords requests in flight at once (kinesis sink).
@@ -311,6 +325,38 @@ pub struct StreamArgs {
     /// directory or s3://bucket/prefix.
     #[arg(long, env = "TOTES_CDC_LAKE", default_value = "./data/lake")]
     pub lake: String,
+}
+
+/// Parses a size: `1GiB`, `512MiB`, `64KiB`, `1GB`, or plain bytes.
+pub fn parse_bytes(s: &str) -> Result<i64, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (examples: 1GiB, 512MiB)"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" => 1e3,
+        "kib" | "k" => 1024.0,
+        "mb" => 1e6,
+        "mib" | "m" => 1024.0 * 1024.0,
+        "gb" => 1e9,
+        "gib" | "g" => 1024.0 * 1024.0 * 1024.0,
+        "tib" | "t" => 1024f64.powi(4),
+        other => return Err(format!("unknown size unit '{other}' (use KiB, MiB, GiB)")),
+    };
+    Ok((n * mult) as i64)
+}
+
+/// Where the metrics and health endpoints are served.
+#[derive(Debug, Clone, Args)]
+pub struct MetricsArgs {
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "TOTES_CDC_METRICS_ADDR", default_value = "127.0.0.1:9898")]
+    pub metrics_addr: String,
 }
 
 /// Parses an LSN (`16/B374D848`).

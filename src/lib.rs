@@ -7,5 +7,6 @@ pub mod commands;
 pub mod config;
 pub mod event;
 pub mod fault;
+pub mod metrics;
 pub mod pg;
 pub mod transport;

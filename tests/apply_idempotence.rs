@@ -42,6 +42,7 @@ async fn capture_all(
         buffer_events: 256,
         drain_timeout: Duration::from_secs(10),
         until: Some(Lsn::parse(&until).unwrap()),
+        slot_max_retained_wal: 1 << 30,
     };
     let (tx, mut rx, acker) = transport::channel(256);
     let collector = tokio::spawn(async move {
@@ -55,9 +56,15 @@ async fn capture_all(
         events
     });
     let (_stop, shutdown) = tokio::sync::watch::channel(false);
-    capture::run(cfg, tx, shutdown, Arc::new(CaptureStats::default()))
-        .await
-        .expect("capture");
+    capture::run(
+        cfg,
+        tx,
+        shutdown,
+        Arc::new(CaptureStats::default()),
+        totes_cdc::metrics::server::Health::new(),
+    )
+    .await
+    .expect("capture");
     collector.await.unwrap()
 }
 

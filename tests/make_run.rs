@@ -20,6 +20,7 @@ async fn make_run_brings_up_the_pipeline_and_warehouse_rows_appear() {
         .env("TOTES_CDC_DATA", &data)
         .env("TOTES_CDC_PORT", port.to_string())
         .env("TOTES_CDC_RATE", "50")
+        .env("TOTES_CDC_METRICS_ADDR", "127.0.0.1:0")
         .env("TOTES_CDC_PG_BIN", support::pg::pg_bin())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

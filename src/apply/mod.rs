@@ -52,12 +52,18 @@ pub async fn run(
     mut wh: Warehouse,
     cfg: ApplyConfig,
     stats: Arc<ApplyStats>,
+    health: Arc<crate::metrics::server::Health>,
 ) -> Result<(), ApplyError> {
+    let m = crate::metrics::get();
     // A batch whose lake files a crash left uncommitted is formed again, event for event.
     let mut replay = loop {
         match wh.prepare().await {
-            Ok(r) => break r,
+            Ok(r) => {
+                health.set("warehouse", true, wh.url().target());
+                break r;
+            }
             Err(e) if e.is_transient() => {
+                health.set("warehouse", false, e.to_string());
                 tracing::warn!("warehouse unavailable, retrying: {e}");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
@@ -109,6 +115,8 @@ pub async fn run(
                         let lat = (now_us() - ts).max(0) as u64 / 1000;
                         stats.last_latency_ms.store(lat, Ordering::Relaxed);
                     }
+                    record(&applied, started.elapsed().as_secs_f64(), &batch);
+                    health.set("warehouse", true, wh.url().target());
                     tracing::debug!(
                         events = applied.events,
                         ms = started.elapsed().as_millis() as u64,
@@ -120,6 +128,8 @@ pub async fn run(
                 }
                 Err(e) if e.is_transient() => {
                     stats.retries.fetch_add(1, Ordering::Relaxed);
+                    m.apply_retries_total.inc();
+                    health.set("warehouse", false, e.to_string());
                     let delay = backoff.next_delay();
                     let what = if matches!(e, ApplyError::Lake(_)) {
                         "lake"
@@ -137,4 +147,32 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// The metrics of an applied batch.
+pub fn record(applied: &warehouse::Applied, seconds: f64, batch: &batch::Batch) {
+    let m = crate::metrics::get();
+    m.batch_events.observe(applied.events as f64);
+    m.batch_apply_seconds.observe(seconds);
+    for (table, n) in &applied.per_table {
+        m.warehouse_rows_total
+            .with_label_values(&[table])
+            .inc_by(*n as u64);
+    }
+    m.lake_files_total.inc_by(applied.lake_files as u64);
+    m.lake_bytes_total.inc_by(applied.lake_bytes as u64);
+    for (reason, n) in &applied.dead_by_reason {
+        m.dead_letters_total
+            .with_label_values(&[reason])
+            .inc_by(*n as u64);
+    }
+    if let Some(ts) = batch.newest_commit_ts_us {
+        m.end_to_end_latency_seconds
+            .observe((now_us() - ts).max(0) as f64 / 1e6);
+    }
+    if let Some(p) = batch.events.iter().map(|e| e.position).max() {
+        if p.lsn.0 as i64 > m.applied_position_lsn.get() {
+            m.applied_position_lsn.set(p.lsn.0 as i64);
+        }
+    }
 }

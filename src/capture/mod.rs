@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod copy_text;
 mod error;
 pub mod heartbeat;
+pub mod monitor;
 pub mod pgoutput;
 pub mod preflight;
 pub mod slot;
@@ -61,6 +62,8 @@ pub struct CaptureConfig {
     pub drain_timeout: Duration,
     /// Stop once everything up to this LSN is confirmed.
     pub until: Option<Lsn>,
+    /// Retained WAL above which the slot is reported in the log and `/readyz` (bytes).
+    pub slot_max_retained_wal: i64,
 }
 
 /// Checks the source as capture would and describes the tables it will capture (for creating
@@ -91,6 +94,7 @@ pub async fn run(
     mut sink: SinkSender,
     mut shutdown: watch::Receiver<bool>,
     stats: Arc<CaptureStats>,
+    health: Arc<crate::metrics::server::Health>,
 ) -> Result<(), CaptureError> {
     slot::validate_slot_name(&cfg.slot)?;
     let url = &cfg.source;
@@ -208,6 +212,17 @@ pub async fn run(
         }
     };
 
+    let monitor = tokio::spawn(monitor::run(
+        monitor::MonitorConfig {
+            url: url.clone(),
+            slot: cfg.slot.clone(),
+            interval: cfg.status_interval.max(Duration::from_millis(500)) * 2,
+            max_retained: cfg.slot_max_retained_wal,
+        },
+        stats.clone(),
+        health.clone(),
+        shutdown.clone(),
+    ));
     let heartbeat_ok = Arc::new(AtomicBool::new(true));
     let heartbeat = cfg.heartbeat.map(|interval| {
         tokio::spawn(heartbeat::run(
@@ -266,6 +281,9 @@ pub async fn run(
         stats
             .reconnects
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        stats
+            .streaming
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         client.abort();
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
@@ -285,6 +303,7 @@ pub async fn run(
     if let Some(h) = heartbeat {
         h.abort();
     }
+    monitor.abort();
     result
 }
 

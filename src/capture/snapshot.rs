@@ -75,18 +75,29 @@ pub async fn run_snapshot(
 
     // (table, seqno of its last row) not yet acknowledged.
     let mut finishing: Vec<(String, u64)> = Vec::new();
+    let m = crate::metrics::get();
+    let mut remaining = job.tables.len() as i64;
+    m.snapshot_tables_remaining.set(remaining);
+    let mut row_counters: std::collections::HashMap<String, prometheus::IntCounter> =
+        std::collections::HashMap::new();
     let mut open = true;
     while open || !finishing.is_empty() {
         tokio::select! {
             msg = rx.recv(), if open => match msg {
                 Some(SnapMsg::Row(ev)) => {
                     stats.snapshot_rows.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    row_counters
+                        .entry(ev.table.qualified_name())
+                        .or_insert_with_key(|t| m.snapshot_rows_total.with_label_values(&[t]))
+                        .inc();
                     sink.send(ItemKind::Change(ev))
                         .await
                         .map_err(|e| CaptureError::Sink(e.to_string()))?;
                 }
                 Some(SnapMsg::TableDone { table, rows }) => {
                     tracing::info!(%table, rows, "snapshot of table copied");
+                    remaining -= 1;
+                    m.snapshot_tables_remaining.set(remaining);
                     finishing.push((table, sink.last_sent()));
                 }
                 None => open = false,

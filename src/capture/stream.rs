@@ -31,6 +31,10 @@ pub struct CaptureStats {
     pub confirmed_lsn: AtomicU64,
     /// Commit time (µs since the Unix epoch) of the newest transaction received.
     pub last_commit_ts_us: AtomicU64,
+    /// Commit time of the oldest transaction sent but not yet confirmed (0: none).
+    pub oldest_unconfirmed_ts_us: AtomicU64,
+    /// Set while a replication session streams.
+    pub streaming: std::sync::atomic::AtomicBool,
 }
 
 /// How a session ended.
@@ -73,6 +77,9 @@ pub struct Streamer {
     confirmed: Lsn,
     until: Option<Lsn>,
     pub stats: Arc<CaptureStats>,
+    /// (end LSN, commit time) of transactions not yet confirmed, oldest first.
+    unconfirmed: VecDeque<(Lsn, i64)>,
+    counters: HashMap<(String, Op), prometheus::IntCounter>,
 }
 
 impl Streamer {
@@ -93,6 +100,8 @@ impl Streamer {
             confirmed,
             until,
             stats,
+            unconfirmed: VecDeque::new(),
+            counters: HashMap::new(),
         }
     }
 
@@ -114,6 +123,8 @@ impl Streamer {
         // A transaction cut off by the previous session is re-sent whole by this one.
         self.tx = None;
         self.relations.clear();
+        self.unconfirmed.clear();
+        self.stats.streaming.store(true, Ordering::Relaxed);
         loop {
             if *shutdown.borrow() || self.until.is_some_and(|u| self.confirmed >= u) {
                 return Ok(SessionEnd::Shutdown);
@@ -157,6 +168,15 @@ impl Streamer {
             self.confirmed = lsn;
             self.stats.confirmed_lsn.store(lsn.0, Ordering::Relaxed);
             client.update_applied_lsn(lsn);
+            while self.unconfirmed.front().is_some_and(|(end, _)| *end <= lsn) {
+                self.unconfirmed.pop_front();
+            }
+            self.stats.oldest_unconfirmed_ts_us.store(
+                self.unconfirmed
+                    .front()
+                    .map_or(0, |(_, ts)| (*ts).max(1) as u64),
+                Ordering::Relaxed,
+            );
         }
     }
 
@@ -209,6 +229,12 @@ impl Streamer {
                 if let Some(tx) = self.tx.take() {
                     if tx.sent {
                         self.stats.transactions.fetch_add(1, Ordering::Relaxed);
+                        if self.unconfirmed.is_empty() {
+                            self.stats
+                                .oldest_unconfirmed_ts_us
+                                .store(commit_ts_us.max(1) as u64, Ordering::Relaxed);
+                        }
+                        self.unconfirmed.push_back((end_lsn, commit_ts_us));
                         self.send(
                             sink,
                             ItemKind::Commit {
@@ -296,6 +322,15 @@ impl Streamer {
             after,
         };
         self.stats.events.fetch_add(1, Ordering::Relaxed);
+        let counter = self
+            .counters
+            .entry((ev.table.qualified_name(), op))
+            .or_insert_with(|| {
+                crate::metrics::get()
+                    .events_total
+                    .with_label_values(&[&ev.table.qualified_name(), op.code()])
+            });
+        counter.inc();
         self.send(sink, ItemKind::Change(ev)).await
     }
 

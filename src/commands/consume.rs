@@ -64,6 +64,8 @@ pub async fn run(args: ConsumeArgs, shutdown: watch::Receiver<bool>) -> Result<(
     };
     let leases = Leases::new(url, &stream, &id);
     let stats = Arc::new(ConsumerStats::default());
-    consumer::run(client, cfg, wh, leases, stats, shutdown).await?;
+    let health = crate::metrics::server::Health::new();
+    super::serve_metrics(&args.metrics.metrics_addr, health.clone()).await?;
+    consumer::run(client, cfg, wh, leases, stats, shutdown, health).await?;
     Ok(())
 }

@@ -65,13 +65,22 @@ pub async fn run(args: RunArgs, shutdown: watch::Receiver<bool>) -> Result<()> {
         slot = %cfg.slot,
         "starting the embedded pipeline"
     );
+    let health = crate::metrics::server::Health::new();
+    super::serve_metrics(&args.metrics.metrics_addr, health.clone()).await?;
     let (tx, rx, acker) = transport::channel(args.capture.channel_capacity);
     let apply_stats = Arc::new(ApplyStats::default());
     let apply_cfg = ApplyConfig {
         batch_max_events: args.warehouse.batch_max_events.max(1),
         batch_max_wait: Duration::from_millis(args.warehouse.batch_max_ms),
     };
-    let applier = tokio::spawn(apply::run(rx, acker, wh, apply_cfg, apply_stats.clone()));
+    let applier = tokio::spawn(apply::run(
+        rx,
+        acker,
+        wh,
+        apply_cfg,
+        apply_stats.clone(),
+        health.clone(),
+    ));
     let stats = Arc::new(CaptureStats::default());
     let (progress_stop, progress_rx) = watch::channel(false);
     let progress = args.progress.then(|| {
@@ -84,7 +93,7 @@ pub async fn run(args: RunArgs, shutdown: watch::Receiver<bool>) -> Result<()> {
             progress_rx,
         ))
     });
-    let captured = capture::run(cfg, tx, shutdown, stats).await;
+    let captured = capture::run(cfg, tx, shutdown, stats, health).await;
     let applied = applier.await.context("the apply task failed")?;
     let _ = progress_stop.send(true);
     if let Some(p) = progress {

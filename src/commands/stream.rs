@@ -29,12 +29,15 @@ pub fn capture_config(source: &SourceArgs, capture: &CaptureArgs) -> Result<Capt
         buffer_events: capture.channel_capacity,
         drain_timeout: capture.drain_timeout,
         until: capture.until_lsn,
+        slot_max_retained_wal: capture.slot_max_retained_wal,
     })
 }
 
 pub async fn run(args: StreamArgs, shutdown: watch::Receiver<bool>) -> Result<()> {
     let cfg = capture_config(&args.source, &args.capture)?;
     tracing::info!(source = %cfg.source.masked(), slot = %cfg.slot, publication = %cfg.publication, "starting capture");
+    let health = crate::metrics::server::Health::new();
+    super::serve_metrics(&args.metrics.metrics_addr, health.clone()).await?;
     let (tx, rx, acker) = transport::channel(args.capture.channel_capacity);
     let database = cfg.source.database();
     let sink = match args.sink {
@@ -65,6 +68,7 @@ pub async fn run(args: StreamArgs, shutdown: watch::Receiver<bool>) -> Result<()
                 max_pending: 20_000,
             };
             let stats = Arc::new(transport::kinesis::producer::ProducerStats::default());
+            health.set("kinesis", true, format!("stream {}", cfg.stream));
             tokio::spawn(async move {
                 transport::kinesis::producer::run(rx, acker, client, cfg, stats)
                     .await
@@ -73,7 +77,7 @@ pub async fn run(args: StreamArgs, shutdown: watch::Receiver<bool>) -> Result<()
         }
     };
     let stats = Arc::new(CaptureStats::default());
-    let captured = capture::run(cfg, tx, shutdown, stats).await;
+    let captured = capture::run(cfg, tx, shutdown, stats, health).await;
     let sunk = sink.await.context("the sink task failed")?;
     // The sink's error is the cause when both stopped.
     sunk?;

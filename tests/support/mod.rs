@@ -51,6 +51,7 @@ pub fn temp_dir(name: &str) -> PathBuf {
 pub fn run(args: &[&str], envs: &[(&str, &str)]) -> (ExitStatus, String, String) {
     let out = Command::new(bin())
         .args(args)
+        .env("TOTES_CDC_METRICS_ADDR", "127.0.0.1:0")
         .envs(envs.iter().copied())
         .env("NO_COLOR", "1")
         .output()
@@ -84,6 +85,8 @@ impl Proc {
     fn spawn_inner(args: &[&str], envs: &[(&str, &str)], keep: bool) -> Self {
         let mut child = Command::new(bin())
             .args(args)
+            // Tests run side by side: each process takes a free port unless told otherwise.
+            .env("TOTES_CDC_METRICS_ADDR", "127.0.0.1:0")
             .envs(envs.iter().copied())
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())

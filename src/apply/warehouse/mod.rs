@@ -79,6 +79,8 @@ pub struct Applied {
     pub skipped: usize,
     pub lake_files: usize,
     pub lake_bytes: usize,
+    /// Dead letters of this batch by kind: invalid_date, refused_value, unparseable_record.
+    pub dead_by_reason: BTreeMap<String, usize>,
 }
 
 pub struct Warehouse {
@@ -583,6 +585,12 @@ impl Warehouse {
             applied.per_table.insert(name.clone(), events.len());
             let dead = load_batch_table(&tx, mirror, events, &database, &url).await?;
             applied.dead_letters += dead;
+            if dead > 0 {
+                *applied
+                    .dead_by_reason
+                    .entry("refused_value".into())
+                    .or_default() += dead;
+            }
             merge_into_staging(&tx, mirror, events, &url).await?;
         }
         if model == Model::Totesys && !events.is_empty() {
@@ -639,6 +647,27 @@ impl Warehouse {
             {
                 hwm_updates.push((f.table.clone(), f.last));
             }
+        }
+        // Dead letters this transaction wrote (the model's SQL writes some), by kind.
+        let dead = tx
+            .query(
+                "SELECT CASE WHEN reason LIKE '%is not a date%' THEN 'invalid_date' \
+                            ELSE 'other' END, count(*) \
+                 FROM totes_cdc.dead_letters WHERE xmin = pg_current_xact_id()::xid GROUP BY 1",
+                &[],
+            )
+            .await
+            .map_err(|e| err("counting dead letters", e))?;
+        for r in dead {
+            let n = r.get::<_, i64>(1) as usize;
+            applied.dead_letters += n;
+            *applied.dead_by_reason.entry(r.get(0)).or_default() += n;
+        }
+        if !batch.rejects.is_empty() {
+            *applied
+                .dead_by_reason
+                .entry("unparseable_record".into())
+                .or_default() += batch.rejects.len();
         }
         for r in &batch.rejects {
             tx.execute(
@@ -857,7 +886,12 @@ async fn load_batch_table(
         encode_row(&mut buf, ev);
     }
     match copy_in(tx, &stmt, buf).await {
-        Ok(()) => return Ok(0),
+        Ok(()) => {
+            tx.batch_execute("RELEASE SAVEPOINT load")
+                .await
+                .map_err(|e| ApplyError::Pg(url.query_error("release savepoint", e)))?;
+            return Ok(0);
+        }
         Err(e) if !is_data_error(&e) => {
             return Err(ApplyError::Pg(url.query_error(
                 format!("loading the batch of {}", t.qualified_name()),
@@ -891,6 +925,9 @@ async fn load_batch_table(
             dead += 1;
         }
     }
+    tx.batch_execute("RELEASE SAVEPOINT load")
+        .await
+        .map_err(|e| ApplyError::Pg(url.query_error("release savepoint", e)))?;
     Ok(dead)
 }
 

@@ -131,7 +131,9 @@ pub async fn run(
     mut leases: Leases,
     stats: Arc<ConsumerStats>,
     mut shutdown: watch::Receiver<bool>,
+    health: Arc<crate::metrics::server::Health>,
 ) -> Result<(), ConsumeError> {
+    let m = crate::metrics::get();
     let control_url = wh.url().clone();
     let mut control = control_url.connect().await?;
     wh.prepare().await?;
@@ -151,8 +153,26 @@ pub async fn run(
             if control.is_closed() {
                 control = control_url.connect().await?;
             }
-            let live = leases.heartbeat().await?;
-            let shards = list_shards(&client, &cfg).await?;
+            let live = match leases.heartbeat().await {
+                Ok(n) => {
+                    health.set("warehouse", true, control_url.target());
+                    n
+                }
+                Err(e) => {
+                    health.set("warehouse", false, e.to_string());
+                    return Err(e.into());
+                }
+            };
+            let shards = match list_shards(&client, &cfg).await {
+                Ok(s) => {
+                    health.set("kinesis", true, format!("stream {}", cfg.stream));
+                    s
+                }
+                Err(e) => {
+                    health.set("kinesis", false, e.to_string());
+                    return Err(e.into());
+                }
+            };
             let cps = checkpoints(&control, &control_url, &cfg.stream).await?;
             let eligible = eligible_shards(&shards, &cps);
             let fair = eligible.len().div_ceil(live as usize);
@@ -184,6 +204,23 @@ pub async fn run(
             stats
                 .shards_owned
                 .store(leases.held().len() as i64, Ordering::Relaxed);
+            m.shards_owned.set(leases.held().len() as i64);
+            m.lease_changes_total.inc_by(
+                stats
+                    .lease_changes
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(m.lease_changes_total.get()),
+            );
+            health.set(
+                "leases",
+                !leases.held().is_empty() || eligible.is_empty() || fair == 0,
+                format!(
+                    "{} of {} shards held ({} consumers)",
+                    leases.held().len(),
+                    eligible.len(),
+                    live
+                ),
+            );
             // Closed shards are known here; remember them for end detection.
             closed.extend(shards.iter().filter(|s| s.closed).map(|s| s.id.clone()));
         }
@@ -311,6 +348,10 @@ async fn read_once(
     if let Ok(mut b) = stats.behind_ms.lock() {
         b.insert(shard.to_string(), behind);
     }
+    crate::metrics::get()
+        .kinesis_millis_behind_latest
+        .with_label_values(&[shard])
+        .set(behind);
     let records = out.records();
     // The contract of GetRecords: no next iterator once a closed shard is read to its end.
     let ended = out.next_shard_iterator().is_none();
@@ -390,7 +431,9 @@ async fn read_once(
         sequence_number: records.last().map(|r| r.sequence_number().to_string()),
         ended,
     });
+    let started = Instant::now();
     let applied = wh.apply(&batch).await?;
+    crate::apply::record(&applied, started.elapsed().as_secs_f64(), &batch);
     stats
         .records
         .fetch_add(records.len() as u64, Ordering::Relaxed);

@@ -130,6 +130,7 @@ pub async fn run(
     stats: Arc<ProducerStats>,
 ) -> Result<(), KinesisError> {
     let fail_pct = injected_failure_percent();
+    let m = crate::metrics::get();
     let mut pending: VecDeque<Rec> = VecDeque::new();
     let mut outstanding: BTreeSet<u64> = BTreeSet::new();
     let mut inflight_keys: HashSet<String> = HashSet::new();
@@ -282,6 +283,8 @@ pub async fn run(
                 stats.requests.fetch_add(1, Ordering::Relaxed);
                 stats.put_us.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
                 stats.inflight.store(inflight.len() as u64, Ordering::Relaxed);
+                m.kinesis_put_seconds.observe(took.as_secs_f64());
+                m.kinesis_inflight_requests.set(inflight.len() as i64);
                 for r in &sent {
                     inflight_keys.remove(&r.key);
                 }
@@ -303,10 +306,13 @@ pub async fn run(
                             outstanding.remove(&r.seqno);
                             stats.records.fetch_add(1, Ordering::Relaxed);
                             stats.bytes.fetch_add((r.data.len() + r.key.len()) as u64, Ordering::Relaxed);
+                            m.kinesis_records_total.inc();
+                            m.kinesis_bytes_total.inc_by((r.data.len() + r.key.len()) as u64);
                         }
                         Some(code) => {
                             throttled |= code.contains("Throughput") || code.contains("failed");
                             stats.failed_records.fetch_add(1, Ordering::Relaxed);
+                            m.kinesis_failed_records_total.inc();
                             failed.push(r);
                         }
                     }
@@ -317,6 +323,7 @@ pub async fn run(
                 if !failed.is_empty() {
                     if throttled {
                         stats.throttled.fetch_add(1, Ordering::Relaxed);
+                        m.kinesis_throttled_total.inc();
                     }
                     // Some entries went through: the stream has room, retry soon. None did:
                     // back off exponentially (with jitter).

@@ -1,0 +1,169 @@
+//! The slot watch: every few seconds, on its own connection, what the source says about the
+//! slot — lag, retained WAL, safe WAL size, wal_status — into the metrics and `/readyz`, with a
+//! warning in the log when retention passes `slot-max-retained-wal` or wal_status leaves
+//! `reserved`. Also turns the capture counters into Prometheus metrics.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+
+use super::stream::CaptureStats;
+use crate::metrics::server::Health;
+use crate::pg::PgUrl;
+
+pub struct MonitorConfig {
+    pub url: PgUrl,
+    pub slot: String,
+    pub interval: Duration,
+    /// Retained WAL above which the slot is reported (bytes).
+    pub max_retained: i64,
+}
+
+const STATUSES: [&str; 4] = ["reserved", "extended", "unreserved", "lost"];
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+pub async fn run(
+    cfg: MonitorConfig,
+    stats: Arc<CaptureStats>,
+    health: Arc<Health>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let m = crate::metrics::get();
+    let mut client: Option<tokio_postgres::Client> = None;
+    let mut last = (0u64, 0u64, 0u64);
+    let mut warned_retained = false;
+    let mut warned_status = String::from("reserved");
+    let mut tick = tokio::time::interval(cfg.interval);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        // Counters from the capture's own tallies.
+        let (tx, hb, rc) = (
+            stats.transactions.load(Ordering::Relaxed),
+            stats.heartbeats.load(Ordering::Relaxed),
+            stats.reconnects.load(Ordering::Relaxed),
+        );
+        m.transactions_total.inc_by(tx.saturating_sub(last.0));
+        m.heartbeats_total.inc_by(hb.saturating_sub(last.1));
+        m.reconnects_total.inc_by(rc.saturating_sub(last.2));
+        last = (tx, hb, rc);
+        m.received_lsn
+            .set(stats.received_lsn.load(Ordering::Relaxed) as i64);
+        m.confirmed_lsn
+            .set(stats.confirmed_lsn.load(Ordering::Relaxed) as i64);
+        let oldest = stats.oldest_unconfirmed_ts_us.load(Ordering::Relaxed) as i64;
+        m.replication_lag_seconds.set(if oldest > 0 {
+            (now_us() - oldest).max(0) as f64 / 1e6
+        } else {
+            0.0
+        });
+        let streaming = stats.streaming.load(Ordering::Relaxed);
+        health.set(
+            "replication",
+            streaming,
+            if streaming {
+                "streaming"
+            } else {
+                "not streaming (connecting or retrying)"
+            },
+        );
+
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            client = cfg.url.connect().await.ok();
+        }
+        let Some(c) = &client else {
+            health.set(
+                "source",
+                false,
+                format!("cannot reach {}", cfg.url.target()),
+            );
+            continue;
+        };
+        let row = c
+            .query_opt(
+                "SELECT (pg_current_wal_lsn() - '0/0')::bigint, (s.confirmed_flush_lsn - '0/0')::bigint, \
+                   (s.restart_lsn - '0/0')::bigint, s.wal_status, s.safe_wal_size, s.active \
+                 FROM pg_replication_slots s WHERE s.slot_name = $1",
+                &[&cfg.slot],
+            )
+            .await;
+        let row = match row {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                health.set("source", true, "slot not created yet");
+                continue;
+            }
+            Err(e) => {
+                health.set("source", false, format!("reading the slot: {e}"));
+                continue;
+            }
+        };
+        health.set("source", true, cfg.url.target());
+        let current: i64 = row.get(0);
+        let confirmed: Option<i64> = row.get(1);
+        let restart: Option<i64> = row.get(2);
+        let status: Option<String> = row.get(3);
+        let safe: Option<i64> = row.get(4);
+        let active: bool = row.get(5);
+        let lag = confirmed.map_or(0, |c| (current - c).max(0));
+        let retained = restart.map_or(0, |r| (current - r).max(0));
+        m.replication_lag_bytes.set(lag);
+        m.slot_retained_wal_bytes.set(retained);
+        m.slot_safe_wal_size_bytes.set(safe.unwrap_or(-1));
+        m.slot_active.set(active as i64);
+        let status = status.unwrap_or_else(|| "lost".into());
+        for s in STATUSES {
+            m.slot_wal_status
+                .with_label_values(&[s])
+                .set((s == status) as i64);
+        }
+        if retained > cfg.max_retained {
+            let msg = format!(
+                "slot {} retains {retained} bytes of WAL on the source (threshold {}): capture is behind or stopped; the source's disk fills until it catches up",
+                cfg.slot, cfg.max_retained
+            );
+            if !warned_retained {
+                tracing::warn!("{msg}");
+                warned_retained = true;
+            }
+            health.warn("slot_retained_wal", Some(msg));
+        } else {
+            warned_retained = false;
+            health.warn("slot_retained_wal", None);
+        }
+        if status != "reserved" {
+            let msg = if status == "lost" {
+                format!(
+                    "slot {} is invalidated (wal_status lost): changes were lost; recover with `totes-cdc resync`",
+                    cfg.slot
+                )
+            } else {
+                format!(
+                    "slot {} has wal_status {status}: the WAL it needs is beyond max_wal_size{}",
+                    cfg.slot,
+                    safe.map_or(String::new(), |s| format!(
+                        "; {s} bytes left before it is lost"
+                    ))
+                )
+            };
+            if warned_status != status {
+                tracing::warn!("{msg}");
+                warned_status = status.clone();
+            }
+            health.warn("slot_wal_status", Some(msg));
+        } else {
+            warned_status = status;
+            health.warn("slot_wal_status", None);
+        }
+    }
+}

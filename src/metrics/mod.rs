@@ -1,0 +1,189 @@
+//! Prometheus metrics of every role, prefix `totes_cdc_`, base units, `_total` for counters.
+//! README lists each one. `server` serves them on `metrics-addr` with `/healthz` and `/readyz`.
+
+pub mod server;
+
+use std::sync::OnceLock;
+
+use prometheus::{
+    Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    // capture and slot
+    pub replication_lag_bytes: IntGauge,
+    pub replication_lag_seconds: Gauge,
+    pub slot_retained_wal_bytes: IntGauge,
+    pub slot_safe_wal_size_bytes: IntGauge,
+    pub slot_wal_status: IntGaugeVec,
+    pub slot_active: IntGauge,
+    pub events_total: IntCounterVec,
+    pub transactions_total: IntCounter,
+    pub snapshot_rows_total: IntCounterVec,
+    pub snapshot_tables_remaining: IntGauge,
+    pub heartbeats_total: IntCounter,
+    pub reconnects_total: IntCounter,
+    pub received_lsn: IntGauge,
+    pub confirmed_lsn: IntGauge,
+    // Kinesis producer
+    pub kinesis_records_total: IntCounter,
+    pub kinesis_bytes_total: IntCounter,
+    pub kinesis_put_seconds: Histogram,
+    pub kinesis_throttled_total: IntCounter,
+    pub kinesis_failed_records_total: IntCounter,
+    pub kinesis_inflight_requests: IntGauge,
+    // Kinesis consumer
+    pub kinesis_millis_behind_latest: IntGaugeVec,
+    pub shards_owned: IntGauge,
+    pub lease_changes_total: IntCounter,
+    // apply
+    pub batch_events: Histogram,
+    pub batch_apply_seconds: Histogram,
+    pub warehouse_rows_total: IntCounterVec,
+    pub lake_files_total: IntCounter,
+    pub lake_bytes_total: IntCounter,
+    pub dead_letters_total: IntCounterVec,
+    pub end_to_end_latency_seconds: Histogram,
+    pub applied_position_lsn: IntGauge,
+    pub apply_retries_total: IntCounter,
+    // process
+    pub build_info: GaugeVec,
+    pub resident_memory_bytes: IntGauge,
+    pub open_connections: IntGauge,
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c =
+        IntCounter::with_opts(Opts::new(name, help).namespace("totes_cdc")).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("registered once");
+    c
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help).namespace("totes_cdc"), labels)
+        .expect("valid metric");
+    r.register(Box::new(c.clone())).expect("registered once");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g =
+        IntGauge::with_opts(Opts::new(name, help).namespace("totes_cdc")).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("registered once");
+    g
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help).namespace("totes_cdc"), labels)
+        .expect("valid metric");
+    r.register(Box::new(g.clone())).expect("registered once");
+    g
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    let h = Histogram::with_opts(
+        HistogramOpts::new(name, help)
+            .namespace("totes_cdc")
+            .buckets(buckets),
+    )
+    .expect("valid metric");
+    r.register(Box::new(h.clone())).expect("registered once");
+    h
+}
+
+const SECONDS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+/// The process's metrics (created on first use).
+pub fn get() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(|| {
+        let r = Registry::new();
+        let build_info = GaugeVec::new(
+            Opts::new("build_info", "Build of the running binary (value 1).").namespace("totes_cdc"),
+            &["version", "git_sha"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(build_info.clone())).expect("registered once");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), option_env!("TOTES_CDC_GIT_SHA").unwrap_or("unknown")])
+            .set(1.0);
+        let lag_seconds = Gauge::with_opts(
+            Opts::new(
+                "replication_lag_seconds",
+                "Age of the oldest change not yet confirmed to the source (0 when nothing waits).",
+            )
+            .namespace("totes_cdc"),
+        )
+        .expect("valid metric");
+        r.register(Box::new(lag_seconds.clone())).expect("registered once");
+        Metrics {
+            replication_lag_bytes: gauge(&r, "replication_lag_bytes", "Source current WAL LSN minus the slot's confirmed flush LSN."),
+            replication_lag_seconds: lag_seconds,
+            slot_retained_wal_bytes: gauge(&r, "slot_retained_wal_bytes", "WAL the slot keeps on the source: current LSN minus restart LSN."),
+            slot_safe_wal_size_bytes: gauge(&r, "slot_safe_wal_size_bytes", "WAL that can still be written before the slot is in danger of losing it (-1: unlimited)."),
+            slot_wal_status: gauge_vec(&r, "slot_wal_status", "The slot's wal_status (1 on the current one): reserved, extended, unreserved, lost.", &["status"]),
+            slot_active: gauge(&r, "slot_active", "1 while a replication session holds the slot."),
+            events_total: counter_vec(&r, "events_total", "Change events captured, by table and op.", &["table", "op"]),
+            transactions_total: counter(&r, "transactions_total", "Source transactions captured (with at least one change)."),
+            snapshot_rows_total: counter_vec(&r, "snapshot_rows_total", "Rows read by the initial snapshot, by table.", &["table"]),
+            snapshot_tables_remaining: gauge(&r, "snapshot_tables_remaining", "Tables of the initial snapshot not yet copied."),
+            heartbeats_total: counter(&r, "heartbeats_total", "Heartbeat messages seen coming back through the slot."),
+            reconnects_total: counter(&r, "reconnects_total", "Replication sessions re-established after a failure."),
+            received_lsn: gauge(&r, "received_lsn", "Last WAL position received from the source."),
+            confirmed_lsn: gauge(&r, "confirmed_lsn", "Last WAL position confirmed to the source."),
+            kinesis_records_total: counter(&r, "kinesis_records_total", "Records acknowledged by Kinesis."),
+            kinesis_bytes_total: counter(&r, "kinesis_bytes_total", "Bytes (data and partition keys) acknowledged by Kinesis."),
+            kinesis_put_seconds: histogram(&r, "kinesis_put_seconds", "Duration of PutRecords requests.", SECONDS.to_vec()),
+            kinesis_throttled_total: counter(&r, "kinesis_throttled_total", "PutRecords answers with throttled or failed requests."),
+            kinesis_failed_records_total: counter(&r, "kinesis_failed_records_total", "PutRecords entries that failed and were retried."),
+            kinesis_inflight_requests: gauge(&r, "kinesis_inflight_requests", "PutRecords requests in flight."),
+            kinesis_millis_behind_latest: gauge_vec(&r, "kinesis_millis_behind_latest", "How far a consumer is behind the tip of a shard (GetRecords MillisBehindLatest).", &["shard"]),
+            shards_owned: gauge(&r, "shards_owned", "Shards this consumer holds the lease of."),
+            lease_changes_total: counter(&r, "lease_changes_total", "Shard leases taken or released."),
+            batch_events: histogram(&r, "batch_events", "Events per applied micro-batch.", vec![1.0, 10.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0]),
+            batch_apply_seconds: histogram(&r, "batch_apply_seconds", "Duration of a micro-batch (lake and warehouse transaction).", SECONDS.to_vec()),
+            warehouse_rows_total: counter_vec(&r, "warehouse_rows_total", "Events applied to the warehouse, by source table.", &["table"]),
+            lake_files_total: counter(&r, "lake_files_total", "Parquet files committed to the lake."),
+            lake_bytes_total: counter(&r, "lake_bytes_total", "Bytes of Parquet committed to the lake."),
+            dead_letters_total: counter_vec(&r, "dead_letters_total", "Events that could not be applied, by reason.", &["reason"]),
+            end_to_end_latency_seconds: histogram(&r, "end_to_end_latency_seconds", "Source commit to warehouse commit, per batch (newest event).", SECONDS.to_vec()),
+            applied_position_lsn: gauge(&r, "applied_position_lsn", "Highest position (commit LSN) applied to the warehouse."),
+            apply_retries_total: counter(&r, "apply_retries_total", "Batches retried after a transient warehouse or lake failure."),
+            build_info,
+            resident_memory_bytes: gauge(&r, "resident_memory_bytes", "Resident set size of the process."),
+            open_connections: gauge(&r, "open_connections", "Network sockets the process holds open (PostgreSQL, AWS, metrics scrapes)."),
+            registry: r,
+        }
+    })
+}
+
+/// Resident memory of this process, from /proc.
+pub fn resident_bytes() -> Option<i64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: i64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// Open TCP connections to PostgreSQL servers (any port), from /proc.
+pub fn open_connections() -> i64 {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    std::fs::read_link(e.path())
+                        .is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
+                })
+                .count() as i64
+        })
+        .unwrap_or(0)
+}

@@ -62,6 +62,18 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Read the Kinesis stream and apply it (one of several replicas sharing the shards).
     Consume(ConsumeArgs),
+    /// Recover from an invalidated slot: drop it so the next start copies everything again.
+    Resync(ResyncArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ResyncArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+
+    /// Directory for local state (snapshot progress), as given to `run` or `stream`.
+    #[arg(long, env = "TOTES_CDC_STATE_DIR", default_value = "./data/state")]
+    pub state_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Args)]

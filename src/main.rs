@@ -47,6 +47,7 @@ fn main() -> ExitCode {
             Command::Verify(args) => totes_cdc::commands::verify::run(args).await,
             Command::Generate(args) => totes_cdc::commands::generate::run(args, shutdown).await,
             Command::Consume(args) => totes_cdc::commands::consume::run(args, shutdown).await,
+            Command::Resync(args) => totes_cdc::commands::resync::run(args).await,
         }
     });
     match result {

@@ -81,12 +81,15 @@ async fn every_type_round_trips_from_snapshot_and_stream() {
     let url = pg.url("types");
     let state = support::temp_dir("types").to_string_lossy().into_owned();
     let proc = Proc::spawn(&args(&url, &state), &[]);
-    proc.wait_events("snapshot", WAIT, |e| e.len() >= 3);
+    // The truncate marker that opens the table's copy, then its three rows.
+    proc.wait_events("snapshot", WAIT, |e| e.len() >= 4);
     // The same rows again through the WAL.
     db.batch_execute(TYPES_ROWS).await.unwrap();
-    proc.wait_events("stream", WAIT, |e| e.len() >= 6);
-    let events = proc.events();
-    assert_same(&materialize(&events), &source_state(&db, &["types"]).await);
+    proc.wait_events("stream", WAIT, |e| e.len() >= 7);
+    let all = proc.events();
+    assert_same(&materialize(&all), &source_state(&db, &["types"]).await);
+    assert_eq!(all[0]["op"], "t");
+    let events = &all[1..];
 
     let first = &events[3]["after"];
     assert_eq!(

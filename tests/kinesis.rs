@@ -446,6 +446,8 @@ async fn failed_and_throttled_entries_are_retried_without_loss_or_reordering() {
     let want: BTreeSet<(String, String, String, i64)> = oracle
         .events()
         .iter()
+        // The oracle's own snapshot (rows and truncate markers, without xid) is not streamed.
+        .filter(|e| !e["source"]["xid"].is_null())
         .map(|e| {
             (
                 e["source"]["table"].as_str().unwrap().to_string(),
@@ -454,7 +456,6 @@ async fn failed_and_throttled_entries_are_retried_without_loss_or_reordering() {
                 e["source"]["seq"].as_i64().unwrap(),
             )
         })
-        .filter(|(_, _, _, seq)| *seq >= 0)
         .collect();
     let mut records = Vec::new();
     for _ in 0..240 {

@@ -176,6 +176,8 @@ fn fold(dump: &Dump, table: &str) -> BTreeMap<String, BTreeMap<String, Option<St
             Some("d") => {
                 out.remove(&k);
             }
+            // A truncate (also the marker that opens each table's snapshot) empties the table.
+            Some("t") => out.clear(),
             _ => {
                 let mut row = r.clone();
                 row.retain(|c, _| !c.starts_with('_'));
@@ -565,6 +567,8 @@ async fn the_s3_lake_works_through_the_real_sdk() {
         .filter(|(p, _, _)| p.contains("changes_public.sales_order"))
         .map(|(_, _, r)| r.len())
         .sum();
+    // Less the truncate marker that opens the table's snapshot (it changes no row).
+    let rows = rows - 1;
     let versions: i64 = wh
         .query_one("SELECT count(*) FROM fact_sales_order", &[])
         .await

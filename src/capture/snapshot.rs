@@ -85,11 +85,13 @@ pub async fn run_snapshot(
         tokio::select! {
             msg = rx.recv(), if open => match msg {
                 Some(SnapMsg::Row(ev)) => {
-                    stats.snapshot_rows.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    row_counters
-                        .entry(ev.table.qualified_name())
-                        .or_insert_with_key(|t| m.snapshot_rows_total.with_label_values(&[t]))
-                        .inc();
+                    if ev.op == Op::Read {
+                        stats.snapshot_rows.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        row_counters
+                            .entry(ev.table.qualified_name())
+                            .or_insert_with_key(|t| m.snapshot_rows_total.with_label_values(&[t]))
+                            .inc();
+                    }
                     sink.send(ItemKind::Change(ev))
                         .await
                         .map_err(|e| CaptureError::Sink(e.to_string()))?;
@@ -170,6 +172,22 @@ async fn copy_worker(
             }
         );
         let name = table.qualified_name();
+        // The copy replaces what the table held: a truncate just before its rows (and after
+        // every older position) tells downstream that rows not read again are gone. On a
+        // first snapshot it finds nothing; after `resync` it removes rows deleted meanwhile.
+        let marker = ChangeEvent {
+            op: Op::Truncate,
+            position: Position::new(Lsn(cp.0.saturating_sub(1)), i32::MAX),
+            xid: None,
+            commit_ts_us: ts,
+            key: None,
+            table: table.clone(),
+            before: None,
+            after: None,
+        };
+        if tx.send(SnapMsg::Row(marker)).await.is_err() {
+            return Ok(());
+        }
         let stream = client
             .copy_out(sql.as_str())
             .await

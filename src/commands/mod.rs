@@ -3,6 +3,7 @@
 pub mod consume;
 pub mod generate;
 pub mod progress;
+pub mod resync;
 pub mod run;
 pub mod setup;
 pub mod status;

@@ -146,11 +146,19 @@ impl Proc {
         self.lines.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
-    /// Every stdout line parsed as JSON (panics on a line that is not).
+    /// Every stdout line parsed as JSON (panics on a line that is not; the last line of a
+    /// killed process may be cut short and is left out).
     pub fn events(&self) -> Vec<Value> {
-        self.lines()
+        let lines = self.lines();
+        let n = lines.len();
+        lines
             .iter()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .enumerate()
+            .filter_map(|(i, l)| match serde_json::from_str(l) {
+                Ok(v) => Some(v),
+                Err(_) if i + 1 == n => None,
+                Err(e) => panic!("not JSON ({e}): {l}"),
+            })
             .collect()
     }
 

@@ -12,6 +12,7 @@ pub mod slot;
 pub mod snapshot;
 pub mod state;
 pub mod stream;
+pub mod wal_clock;
 
 use std::collections::HashSet;
 use std::path::PathBuf;

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 
 use super::stream::CaptureStats;
+use super::wal_clock::WalClock;
 use crate::metrics::server::Health;
 use crate::pg::PgUrl;
 
@@ -41,6 +42,7 @@ pub async fn run(
     let mut last = (0u64, 0u64, 0u64);
     let mut warned_retained = false;
     let mut warned_status = String::from("reserved");
+    let mut clock = WalClock::default();
     let mut tick = tokio::time::interval(cfg.interval);
     loop {
         tokio::select! {
@@ -61,12 +63,18 @@ pub async fn run(
             .set(stats.received_lsn.load(Ordering::Relaxed) as i64);
         m.confirmed_lsn
             .set(stats.confirmed_lsn.load(Ordering::Relaxed) as i64);
+        // Lag in seconds: the oldest change waiting in the pipeline, or, when none reached
+        // it, how long ago the source's WAL passed the confirmed position.
+        let now = now_us();
         let oldest = stats.oldest_unconfirmed_ts_us.load(Ordering::Relaxed) as i64;
-        m.replication_lag_seconds.set(if oldest > 0 {
-            (now_us() - oldest).max(0) as f64 / 1e6
+        let waiting = if oldest > 0 {
+            (now - oldest).max(0) as f64 / 1e6
         } else {
             0.0
-        });
+        };
+        let confirmed_here = stats.confirmed_lsn.load(Ordering::Relaxed);
+        m.replication_lag_seconds
+            .set(waiting.max(clock.lag_seconds(confirmed_here, now)));
         let streaming = stats.streaming.load(Ordering::Relaxed);
         health.set(
             "replication",
@@ -115,6 +123,10 @@ pub async fn run(
         let status: Option<String> = row.get(3);
         let safe: Option<i64> = row.get(4);
         let active: bool = row.get(5);
+        clock.record(now, current.max(0) as u64);
+        let confirmed_any = confirmed.map_or(0, |c| c.max(0) as u64).max(confirmed_here);
+        m.replication_lag_seconds
+            .set(waiting.max(clock.lag_seconds(confirmed_any, now)));
         let lag = confirmed.map_or(0, |c| (current - c).max(0));
         let retained = restart.map_or(0, |r| (current - r).max(0));
         m.replication_lag_bytes.set(lag);

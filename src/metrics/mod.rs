@@ -12,6 +12,8 @@ use prometheus::{
 
 pub struct Metrics {
     pub registry: Registry,
+    /// Every series name the registry can export (histograms as `_bucket`, `_sum`, `_count`).
+    pub names: Vec<String>,
     // capture and slot
     pub replication_lag_bytes: IntGauge,
     pub replication_lag_seconds: Gauge,
@@ -54,43 +56,66 @@ pub struct Metrics {
     pub open_connections: IntGauge,
 }
 
-fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+/// Registers collectors and remembers the series names they export (for `exported_names`).
+struct Builder {
+    registry: Registry,
+    names: Vec<String>,
+}
+
+impl Builder {
+    fn register<C: prometheus::core::Collector + Clone + 'static>(
+        &mut self,
+        c: C,
+        histogram: bool,
+    ) -> C {
+        for d in c.desc() {
+            if histogram {
+                for suffix in ["_bucket", "_sum", "_count"] {
+                    self.names.push(format!("{}{suffix}", d.fq_name));
+                }
+            } else {
+                self.names.push(d.fq_name.clone());
+            }
+        }
+        self.registry
+            .register(Box::new(c.clone()))
+            .expect("registered once");
+        c
+    }
+}
+
+fn counter(b: &mut Builder, name: &str, help: &str) -> IntCounter {
     let c =
         IntCounter::with_opts(Opts::new(name, help).namespace("totes_cdc")).expect("valid metric");
-    r.register(Box::new(c.clone())).expect("registered once");
-    c
+    b.register(c, false)
 }
 
-fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+fn counter_vec(b: &mut Builder, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help).namespace("totes_cdc"), labels)
         .expect("valid metric");
-    r.register(Box::new(c.clone())).expect("registered once");
-    c
+    b.register(c, false)
 }
 
-fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+fn gauge(b: &mut Builder, name: &str, help: &str) -> IntGauge {
     let g =
         IntGauge::with_opts(Opts::new(name, help).namespace("totes_cdc")).expect("valid metric");
-    r.register(Box::new(g.clone())).expect("registered once");
-    g
+    b.register(g, false)
 }
 
-fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+fn gauge_vec(b: &mut Builder, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help).namespace("totes_cdc"), labels)
         .expect("valid metric");
-    r.register(Box::new(g.clone())).expect("registered once");
-    g
+    b.register(g, false)
 }
 
-fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+fn histogram(b: &mut Builder, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
     let h = Histogram::with_opts(
         HistogramOpts::new(name, help)
             .namespace("totes_cdc")
             .buckets(buckets),
     )
     .expect("valid metric");
-    r.register(Box::new(h.clone())).expect("registered once");
-    h
+    b.register(h, true)
 }
 
 const SECONDS: &[f64] = &[
@@ -101,15 +126,18 @@ const SECONDS: &[f64] = &[
 pub fn get() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
     METRICS.get_or_init(|| {
-        let r = Registry::new();
+        let mut b = Builder {
+            registry: Registry::new(),
+            names: Vec::new(),
+        };
         let build_info = GaugeVec::new(
             Opts::new("build_info", "Build of the running binary (value 1).").namespace("totes_cdc"),
             &["version", "git_sha"],
         )
         .expect("valid metric");
-        r.register(Box::new(build_info.clone())).expect("registered once");
+        let build_info = b.register(build_info, false);
         build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION"), option_env!("TOTES_CDC_GIT_SHA").unwrap_or("unknown")])
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("TOTES_CDC_GIT_SHA")])
             .set(1.0);
         let lag_seconds = Gauge::with_opts(
             Opts::new(
@@ -119,44 +147,45 @@ pub fn get() -> &'static Metrics {
             .namespace("totes_cdc"),
         )
         .expect("valid metric");
-        r.register(Box::new(lag_seconds.clone())).expect("registered once");
+        let lag_seconds = b.register(lag_seconds, false);
         Metrics {
-            replication_lag_bytes: gauge(&r, "replication_lag_bytes", "Source current WAL LSN minus the slot's confirmed flush LSN."),
+            replication_lag_bytes: gauge(&mut b, "replication_lag_bytes", "Source current WAL LSN minus the slot's confirmed flush LSN."),
             replication_lag_seconds: lag_seconds,
-            slot_retained_wal_bytes: gauge(&r, "slot_retained_wal_bytes", "WAL the slot keeps on the source: current LSN minus restart LSN."),
-            slot_safe_wal_size_bytes: gauge(&r, "slot_safe_wal_size_bytes", "WAL that can still be written before the slot is in danger of losing it (-1: unlimited)."),
-            slot_wal_status: gauge_vec(&r, "slot_wal_status", "The slot's wal_status (1 on the current one): reserved, extended, unreserved, lost.", &["status"]),
-            slot_active: gauge(&r, "slot_active", "1 while a replication session holds the slot."),
-            events_total: counter_vec(&r, "events_total", "Change events captured, by table and op.", &["table", "op"]),
-            transactions_total: counter(&r, "transactions_total", "Source transactions captured (with at least one change)."),
-            snapshot_rows_total: counter_vec(&r, "snapshot_rows_total", "Rows read by the initial snapshot, by table.", &["table"]),
-            snapshot_tables_remaining: gauge(&r, "snapshot_tables_remaining", "Tables of the initial snapshot not yet copied."),
-            heartbeats_total: counter(&r, "heartbeats_total", "Heartbeat messages seen coming back through the slot."),
-            reconnects_total: counter(&r, "reconnects_total", "Replication sessions re-established after a failure."),
-            received_lsn: gauge(&r, "received_lsn", "Last WAL position received from the source."),
-            confirmed_lsn: gauge(&r, "confirmed_lsn", "Last WAL position confirmed to the source."),
-            kinesis_records_total: counter(&r, "kinesis_records_total", "Records acknowledged by Kinesis."),
-            kinesis_bytes_total: counter(&r, "kinesis_bytes_total", "Bytes (data and partition keys) acknowledged by Kinesis."),
-            kinesis_put_seconds: histogram(&r, "kinesis_put_seconds", "Duration of PutRecords requests.", SECONDS.to_vec()),
-            kinesis_throttled_total: counter(&r, "kinesis_throttled_total", "PutRecords answers with throttled or failed requests."),
-            kinesis_failed_records_total: counter(&r, "kinesis_failed_records_total", "PutRecords entries that failed and were retried."),
-            kinesis_inflight_requests: gauge(&r, "kinesis_inflight_requests", "PutRecords requests in flight."),
-            kinesis_millis_behind_latest: gauge_vec(&r, "kinesis_millis_behind_latest", "How far a consumer is behind the tip of a shard (GetRecords MillisBehindLatest).", &["shard"]),
-            shards_owned: gauge(&r, "shards_owned", "Shards this consumer holds the lease of."),
-            lease_changes_total: counter(&r, "lease_changes_total", "Shard leases taken or released."),
-            batch_events: histogram(&r, "batch_events", "Events per applied micro-batch.", vec![1.0, 10.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0]),
-            batch_apply_seconds: histogram(&r, "batch_apply_seconds", "Duration of a micro-batch (lake and warehouse transaction).", SECONDS.to_vec()),
-            warehouse_rows_total: counter_vec(&r, "warehouse_rows_total", "Events applied to the warehouse, by source table.", &["table"]),
-            lake_files_total: counter(&r, "lake_files_total", "Parquet files committed to the lake."),
-            lake_bytes_total: counter(&r, "lake_bytes_total", "Bytes of Parquet committed to the lake."),
-            dead_letters_total: counter_vec(&r, "dead_letters_total", "Events that could not be applied, by reason.", &["reason"]),
-            end_to_end_latency_seconds: histogram(&r, "end_to_end_latency_seconds", "Source commit to warehouse commit, per batch (newest event).", SECONDS.to_vec()),
-            applied_position_lsn: gauge(&r, "applied_position_lsn", "Highest position (commit LSN) applied to the warehouse."),
-            apply_retries_total: counter(&r, "apply_retries_total", "Batches retried after a transient warehouse or lake failure."),
+            slot_retained_wal_bytes: gauge(&mut b, "slot_retained_wal_bytes", "WAL the slot keeps on the source: current LSN minus restart LSN."),
+            slot_safe_wal_size_bytes: gauge(&mut b, "slot_safe_wal_size_bytes", "WAL that can still be written before the slot is in danger of losing it (-1: unlimited)."),
+            slot_wal_status: gauge_vec(&mut b, "slot_wal_status", "The slot's wal_status (1 on the current one): reserved, extended, unreserved, lost.", &["status"]),
+            slot_active: gauge(&mut b, "slot_active", "1 while a replication session holds the slot."),
+            events_total: counter_vec(&mut b, "events_total", "Change events captured, by table and op.", &["table", "op"]),
+            transactions_total: counter(&mut b, "transactions_total", "Source transactions captured (with at least one change)."),
+            snapshot_rows_total: counter_vec(&mut b, "snapshot_rows_total", "Rows read by the initial snapshot, by table.", &["table"]),
+            snapshot_tables_remaining: gauge(&mut b, "snapshot_tables_remaining", "Tables of the initial snapshot not yet copied."),
+            heartbeats_total: counter(&mut b, "heartbeats_total", "Heartbeat messages seen coming back through the slot."),
+            reconnects_total: counter(&mut b, "reconnects_total", "Replication sessions re-established after a failure."),
+            received_lsn: gauge(&mut b, "received_lsn", "Last WAL position received from the source."),
+            confirmed_lsn: gauge(&mut b, "confirmed_lsn", "Last WAL position confirmed to the source."),
+            kinesis_records_total: counter(&mut b, "kinesis_records_total", "Records acknowledged by Kinesis."),
+            kinesis_bytes_total: counter(&mut b, "kinesis_bytes_total", "Bytes (data and partition keys) acknowledged by Kinesis."),
+            kinesis_put_seconds: histogram(&mut b, "kinesis_put_seconds", "Duration of PutRecords requests.", SECONDS.to_vec()),
+            kinesis_throttled_total: counter(&mut b, "kinesis_throttled_total", "PutRecords answers with throttled or failed requests."),
+            kinesis_failed_records_total: counter(&mut b, "kinesis_failed_records_total", "PutRecords entries that failed and were retried."),
+            kinesis_inflight_requests: gauge(&mut b, "kinesis_inflight_requests", "PutRecords requests in flight."),
+            kinesis_millis_behind_latest: gauge_vec(&mut b, "kinesis_millis_behind_latest", "How far a consumer is behind the tip of a shard (GetRecords MillisBehindLatest).", &["shard"]),
+            shards_owned: gauge(&mut b, "shards_owned", "Shards this consumer holds the lease of."),
+            lease_changes_total: counter(&mut b, "lease_changes_total", "Shard leases taken or released."),
+            batch_events: histogram(&mut b, "batch_events", "Events per applied micro-batch.", vec![1.0, 10.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0]),
+            batch_apply_seconds: histogram(&mut b, "batch_apply_seconds", "Duration of a micro-batch (lake and warehouse transaction).", SECONDS.to_vec()),
+            warehouse_rows_total: counter_vec(&mut b, "warehouse_rows_total", "Events applied to the warehouse, by source table.", &["table"]),
+            lake_files_total: counter(&mut b, "lake_files_total", "Parquet files committed to the lake."),
+            lake_bytes_total: counter(&mut b, "lake_bytes_total", "Bytes of Parquet committed to the lake."),
+            dead_letters_total: counter_vec(&mut b, "dead_letters_total", "Events that could not be applied, by reason.", &["reason"]),
+            end_to_end_latency_seconds: histogram(&mut b, "end_to_end_latency_seconds", "Source commit to warehouse commit, per batch (newest event).", SECONDS.to_vec()),
+            applied_position_lsn: gauge(&mut b, "applied_position_lsn", "Highest position (commit LSN) applied to the warehouse."),
+            apply_retries_total: counter(&mut b, "apply_retries_total", "Batches retried after a transient warehouse or lake failure."),
             build_info,
-            resident_memory_bytes: gauge(&r, "resident_memory_bytes", "Resident set size of the process."),
-            open_connections: gauge(&r, "open_connections", "Network sockets the process holds open (PostgreSQL, AWS, metrics scrapes)."),
-            registry: r,
+            resident_memory_bytes: gauge(&mut b, "resident_memory_bytes", "Resident set size of the process."),
+            open_connections: gauge(&mut b, "open_connections", "Network sockets the process holds open (PostgreSQL, AWS, metrics scrapes)."),
+            registry: b.registry,
+            names: b.names,
         }
     })
 }
@@ -174,7 +203,13 @@ pub fn resident_bytes() -> Option<i64> {
     Some(kib * 1024)
 }
 
-/// Open TCP connections to PostgreSQL servers (any port), from /proc.
+/// Every series name this binary can export, whether or not it has a sample yet: what the
+/// dashboards and alert rules may use.
+pub fn exported_names() -> Vec<String> {
+    get().names.clone()
+}
+
+/// Sockets the process holds open (database, AWS and scrape connections), from /proc.
 pub fn open_connections() -> i64 {
     std::fs::read_dir("/proc/self/fd")
         .map(|d| {

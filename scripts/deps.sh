@@ -20,9 +20,10 @@ if [ -z "$pg_bin" ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 postgresql-client-15 >/dev/null
 fi
 
-# The AWS emulator (moto serves S3 and Kinesis) and DuckDB, the independent Parquet reader the
-# lake tests use.
-if ! command -v moto_server >/dev/null 2>&1 || ! python3 -c 'import duckdb, flask' >/dev/null 2>&1; then
-  echo "installing moto[server] and duckdb from PyPI (test services)..." >&2
-  python3 -m pip install -q --disable-pip-version-check 'moto[server]' duckdb >/dev/null
+# The AWS emulator (moto serves S3 and Kinesis), DuckDB (the independent Parquet reader the
+# lake tests use), prometheus_client (the reference parser of the metrics format) and PyYAML
+# (reads the alert rules in the tests).
+if ! command -v moto_server >/dev/null 2>&1 || ! python3 -c "import duckdb, flask, prometheus_client, yaml" >/dev/null 2>&1; then
+  echo "installing moto[server], duckdb, prometheus_client and pyyaml from PyPI (test services)..." >&2
+  python3 -m pip install -q --disable-pip-version-check 'moto[server]' duckdb prometheus_client pyyaml >/dev/null
 fi

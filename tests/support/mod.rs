@@ -5,6 +5,7 @@ pub mod compare;
 pub mod fixture;
 pub mod moto;
 pub mod pg;
+pub mod scrape;
 pub mod star;
 pub mod totesys;
 

@@ -275,12 +275,14 @@ fn date_attributes(date: &str) -> (i32, i32, i32, i32, String, String, i32) {
 /// write goes through the pipeline and the checkpoint passes it.
 pub async fn sync(source: &Client, wh: &Client, timeout: Duration) {
     let deadline = Instant::now() + timeout;
-    // Streaming (the slot held by its walsender) starts once the initial snapshot is applied;
-    // a marker written before that would be part of the snapshot instead.
+    // A write before the slot's consistent point would be part of the snapshot instead of
+    // coming through the stream, so wait for the slot first.
     loop {
+        // Created (the consistent point is known only at the end of the creation, and the
+        // snapshot rows carry it as their position) and held.
         let active = source
             .query_opt(
-                "SELECT active FROM pg_replication_slots WHERE slot_name = 'totes_cdc'",
+                "SELECT active AND confirmed_flush_lsn IS NOT NULL FROM pg_replication_slots WHERE slot_name = 'totes_cdc'",
                 &[],
             )
             .await
@@ -310,7 +312,9 @@ pub async fn sync(source: &Client, wh: &Client, timeout: Duration) {
     loop {
         let done = wh
             .query_opt(
-                "SELECT lsn >= $1::text::pg_lsn FROM totes_cdc.checkpoints WHERE name = 'apply'",
+                // Strictly past it: the snapshot's rows sit at the consistent point, which
+                // may equal `before`; the sync write commits after it.
+                "SELECT lsn > $1::text::pg_lsn FROM totes_cdc.checkpoints WHERE name = 'apply'",
                 &[&before],
             )
             .await

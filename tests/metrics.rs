@@ -1,0 +1,497 @@
+//! Observability and slot safety: every role's `/metrics` scraped during a workload and parsed
+//! by real Prometheus parsers, lag that rises while apply is held and falls after, `/readyz`
+//! following the source, an idle slot kept bounded by heartbeats, and an invalidated slot
+//! recovered by `resync`.
+
+mod support;
+
+use std::time::Duration;
+
+use support::moto::Moto;
+use support::scrape::{
+    check_with_reference_parser, get, metrics_addr, scrape, wait_metrics, wait_ready,
+};
+use support::star::{assert_star, sync, wait_star};
+use support::{totesys, PgCluster, Proc};
+use tokio_postgres::Client;
+
+const WAIT: Duration = Duration::from_secs(120);
+
+fn run_args<'a>(src: &'a str, wh: &'a str, state: &'a str, lake: &'a str) -> Vec<&'a str> {
+    vec![
+        "run",
+        "--source-url",
+        src,
+        "--warehouse-url",
+        wh,
+        "--state-dir",
+        state,
+        "--lake",
+        lake,
+        "--batch-max-ms",
+        "200",
+    ]
+}
+
+async fn count(db: &Client, sql: &str) -> f64 {
+    db.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) as f64
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_metrics_follow_the_workload_and_lag_follows_apply() {
+    let pg = PgCluster::start();
+    let src = pg.create_db("src").await;
+    let wh = pg.create_db("wh").await;
+    totesys::create(&src).await;
+    totesys::publish(&src).await;
+    for n in 0..5 {
+        totesys::sale(&src, n).await;
+    }
+    let state = support::temp_dir("metrics").to_string_lossy().into_owned();
+    let lake = format!("{state}/lake");
+    let (src_url, wh_url) = (pg.url("src"), pg.url("wh"));
+    let _p = Proc::spawn(&run_args(&src_url, &wh_url, &state, &lake), &[]);
+    let addr = metrics_addr(&_p);
+    assert_eq!(get(&addr, "/healthz").0, 200);
+    sync(&src, &wh, WAIT).await;
+    wait_ready(&addr, 200, WAIT);
+
+    // The snapshot, counted per table.
+    let m = scrape(&addr);
+    assert_eq!(
+        m.sum(
+            "totes_cdc_snapshot_rows_total",
+            &[("table", "public.sales_order")]
+        ),
+        5.0
+    );
+    assert_eq!(
+        m.sum(
+            "totes_cdc_snapshot_rows_total",
+            &[("table", "public.address")]
+        ),
+        count(&src, "SELECT count(*) FROM address").await
+    );
+    assert_eq!(m.sum("totes_cdc_snapshot_tables_remaining", &[]), 0.0);
+
+    // A known workload: 10 sales, the mark-paid update, 2 deletes.
+    for n in 5..15 {
+        totesys::sale(&src, n).await;
+    }
+    let paid = src
+        .execute("UPDATE payment SET paid = true WHERE payment_id <= 8", &[])
+        .await
+        .unwrap() as f64;
+    src.batch_execute("DELETE FROM sales_order WHERE sales_order_id IN (1, 2)")
+        .await
+        .unwrap();
+    sync(&src, &wh, WAIT).await;
+    assert_star(&src, &wh).await;
+    // 10 sales + 1 update + 1 delete + the sync writes (the watch publishes transaction
+    // counts every few seconds).
+    let m = wait_metrics(&addr, "the workload's counters", WAIT, |m| {
+        m.sum(
+            "totes_cdc_events_total",
+            &[("table", "public.sales_order"), ("op", "d")],
+        ) >= 2.0
+            && m.sum("totes_cdc_transactions_total", &[]) >= 12.0
+    });
+    let ev = |t: &str, op: &str| {
+        m.sum(
+            "totes_cdc_events_total",
+            &[("table", &format!("public.{t}")), ("op", op)],
+        )
+    };
+    assert_eq!(ev("sales_order", "c"), 10.0);
+    assert_eq!(ev("sales_order", "d"), 2.0);
+    assert_eq!(ev("payment", "c"), 10.0);
+    assert_eq!(ev("payment", "u"), paid);
+    // The deletes set the sales order of their transactions to NULL: two updates.
+    assert_eq!(ev("transaction", "u"), 2.0);
+    // Apply: every event applied, in batches, with a lake file per table and batch.
+    let applied_orders = m.sum(
+        "totes_cdc_warehouse_rows_total",
+        &[("table", "public.sales_order")],
+    );
+    assert!(
+        applied_orders >= 5.0 + 10.0 + 2.0,
+        "sales_order events applied: {applied_orders}"
+    );
+    assert!(m.sum("totes_cdc_batch_events_count", &[]) > 0.0);
+    assert!(m.sum("totes_cdc_batch_events_sum", &[]) >= 5.0 + 30.0 + paid + 4.0);
+    assert!(m.sum("totes_cdc_batch_apply_seconds_count", &[]) > 0.0);
+    assert!(m.sum("totes_cdc_end_to_end_latency_seconds_count", &[]) > 0.0);
+    assert!(m.sum("totes_cdc_lake_files_total", &[]) > 0.0);
+    assert!(m.sum("totes_cdc_lake_bytes_total", &[]) > 0.0);
+    assert!(m.sum("totes_cdc_applied_position_lsn", &[]) > 0.0);
+    assert!(m.sum("totes_cdc_confirmed_lsn", &[]) > 0.0);
+    assert!(m.sum("totes_cdc_received_lsn", &[]) >= m.sum("totes_cdc_confirmed_lsn", &[]));
+    assert_eq!(m.sum("totes_cdc_dead_letters_total", &[]), 0.0);
+    // The slot, as the source reports it.
+    assert_eq!(m.sum("totes_cdc_slot_active", &[]), 1.0);
+    assert_eq!(
+        m.sum("totes_cdc_slot_wal_status", &[("status", "reserved")]),
+        1.0
+    );
+    assert_eq!(m.sum("totes_cdc_slot_wal_status", &[]), 1.0);
+    assert!(m.sum("totes_cdc_slot_retained_wal_bytes", &[]) > 0.0);
+    // The process.
+    let build = m.series("totes_cdc_build_info");
+    assert_eq!(build.len(), 1);
+    assert_eq!(build[0].0["version"], env!("CARGO_PKG_VERSION"));
+    assert_ne!(build[0].0["git_sha"], "unknown");
+    assert!(m.sum("totes_cdc_resident_memory_bytes", &[]) > 1e6);
+    assert!(m.sum("totes_cdc_open_connections", &[]) >= 3.0);
+    check_with_reference_parser(&m.text);
+
+    // Hold apply: a lock on a staging table blocks the next batch's merge.
+    let (holder, conn) = tokio_postgres::connect(&wh_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    holder
+        .batch_execute("BEGIN; LOCK TABLE staging.sales_order IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    for n in 15..18 {
+        totesys::sale(&src, n).await;
+    }
+    let first = wait_metrics(&addr, "lag while apply is held", WAIT, |m| {
+        m.sum("totes_cdc_replication_lag_seconds", &[]) > 0.0
+            && m.sum("totes_cdc_replication_lag_bytes", &[]) > 0.0
+    });
+    let lag0 = first.sum("totes_cdc_replication_lag_seconds", &[]);
+    // It keeps rising while nothing can be applied.
+    let later = wait_metrics(&addr, "the lag to rise", WAIT, |m| {
+        m.sum("totes_cdc_replication_lag_seconds", &[]) > lag0 + 1.0
+    });
+    assert!(
+        later.sum("totes_cdc_replication_lag_bytes", &[])
+            >= first.sum("totes_cdc_replication_lag_bytes", &[])
+    );
+    let (code, body) = get(&addr, "/readyz");
+    assert_eq!(code, 200, "held apply is slow, not down: {body}");
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    // Released: the backlog is applied and the lag falls back to about zero.
+    let caught_up = wait_metrics(&addr, "the lag to fall", WAIT, |m| {
+        m.sum("totes_cdc_replication_lag_seconds", &[]) == 0.0
+            && m.sum("totes_cdc_replication_lag_bytes", &[]) < 64.0 * 1024.0
+    });
+    assert_eq!(
+        caught_up.sum(
+            "totes_cdc_events_total",
+            &[("table", "public.sales_order"), ("op", "c")]
+        ),
+        13.0
+    );
+    sync(&src, &wh, WAIT).await;
+    assert_star(&src, &wh).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readyz_is_not_ready_while_the_source_is_down() {
+    let src_pg = PgCluster::start();
+    let wh_pg = PgCluster::start();
+    let src = src_pg.create_db("src").await;
+    let wh = wh_pg.create_db("wh").await;
+    totesys::create(&src).await;
+    totesys::publish(&src).await;
+    totesys::sale(&src, 1).await;
+    let state = support::temp_dir("readyz").to_string_lossy().into_owned();
+    let lake = format!("{state}/lake");
+    let (src_url, wh_url) = (src_pg.url("src"), wh_pg.url("wh"));
+    let p = Proc::spawn(&run_args(&src_url, &wh_url, &state, &lake), &[]);
+    let addr = metrics_addr(&p);
+    sync(&src, &wh, WAIT).await;
+    let body = wait_ready(&addr, 200, WAIT);
+    assert!(body.contains("replication: ok"), "{body}");
+    assert!(body.contains("warehouse: ok"), "{body}");
+    drop(src);
+
+    src_pg.stop();
+    let body = wait_ready(&addr, 503, WAIT);
+    assert!(body.contains("NOT READY"), "{body}");
+    // Alive all the same: a restart would not help.
+    assert_eq!(get(&addr, "/healthz").0, 200);
+
+    src_pg.start_again();
+    wait_ready(&addr, 200, WAIT);
+    let m = scrape(&addr);
+    assert!(m.sum("totes_cdc_reconnects_total", &[]) >= 1.0);
+    // And it goes on capturing.
+    let src = src_pg.connect("src").await;
+    totesys::sale(&src, 2).await;
+    sync(&src, &wh, WAIT).await;
+    assert_star(&src, &wh).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn heartbeats_keep_the_slot_of_an_idle_database_bounded() {
+    let pg = PgCluster::start();
+    let src = pg.create_db("src").await;
+    let busy = pg.create_db("busy").await;
+    totesys::create(&src).await;
+    totesys::publish(&src).await;
+    let url = pg.url("src");
+    let state = support::temp_dir("idle").to_string_lossy().into_owned();
+    let p = Proc::spawn(
+        &[
+            "stream",
+            "--sink",
+            "null",
+            "--source-url",
+            &url,
+            "--state-dir",
+            &state,
+            "--heartbeat-interval",
+            "1s",
+        ],
+        &[],
+    );
+    let addr = metrics_addr(&p);
+    p.wait_log("streaming changes", WAIT);
+    wait_ready(&addr, 200, WAIT);
+
+    // Only the other database is written to: 6 WAL segments' worth.
+    busy.batch_execute("CREATE TABLE junk (x text)")
+        .await
+        .unwrap();
+    let start: i64 = count_lsn(&busy).await;
+    for _ in 0..6 {
+        busy.batch_execute(
+            "INSERT INTO junk SELECT repeat('x', 100) FROM generate_series(1, 1000); SELECT pg_switch_wal()",
+        )
+        .await
+        .unwrap();
+    }
+    let written = (count_lsn(&busy).await - start) as f64;
+    assert!(written >= 64.0 * 1024.0 * 1024.0, "{written}");
+    // The slot moves on with the heartbeats' transactions in the captured database (and the
+    // server's keepalives, confirmed when nothing of ours is in flight); checkpoints let the
+    // server advance its restart point. It keeps a small part of what was written.
+    let deadline = std::time::Instant::now() + WAIT;
+    let m = loop {
+        busy.batch_execute("CHECKPOINT").await.unwrap();
+        let m = scrape(&addr);
+        let retained = m.sum("totes_cdc_slot_retained_wal_bytes", &[]);
+        if m.sum("totes_cdc_confirmed_lsn", &[]) as i64 > start + written as i64
+            && retained > 0.0
+            && retained < written / 3.0
+        {
+            break m;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "retained WAL stayed at {retained} of {written} written; last scrape:\n{}",
+            m.text
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(m.sum("totes_cdc_heartbeats_total", &[]) >= 1.0);
+    assert_eq!(m.sum("totes_cdc_events_total", &[]), 0.0);
+    check_with_reference_parser(&m.text);
+}
+
+async fn count_lsn(db: &Client) -> i64 {
+    db.query_one("SELECT (pg_current_wal_lsn() - '0/0')::bigint", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_invalidated_slot_stops_with_the_fix_and_resync_recovers() {
+    let pg = PgCluster::start_with(&[("max_slot_wal_keep_size", "32MB")]);
+    let src = pg.create_db("src").await;
+    let wh = pg.create_db("wh").await;
+    totesys::create(&src).await;
+    totesys::publish(&src).await;
+    for n in 0..10 {
+        totesys::sale(&src, n).await;
+        totesys::purchase(&src, n).await;
+    }
+    let state = support::temp_dir("lost").to_string_lossy().into_owned();
+    let lake = format!("{state}/lake");
+    let (src_url, wh_url) = (pg.url("src"), pg.url("wh"));
+    let args = run_args(&src_url, &wh_url, &state, &lake);
+    let mut p = Proc::spawn(&args, &[]);
+    sync(&src, &wh, WAIT).await;
+    assert!(p.terminate(WAIT).success());
+
+    // While the pipeline is stopped: changes it will never see through the slot, then more
+    // WAL than max_slot_wal_keep_size, and a checkpoint that invalidates the slot.
+    src.batch_execute(
+        "DELETE FROM sales_order WHERE sales_order_id IN (1, 2);
+         DELETE FROM payment WHERE payment_id = 3;
+         UPDATE staff SET email_address = 'lost.update@terrifictotes.com' WHERE staff_id = 4;
+         UPDATE payment SET paid = true WHERE payment_id > 10;",
+    )
+    .await
+    .unwrap();
+    totesys::sale(&src, 100).await;
+    src.batch_execute("CREATE TABLE junk (x text)")
+        .await
+        .unwrap();
+    for _ in 0..4 {
+        src.batch_execute(
+            "INSERT INTO junk SELECT repeat('x', 100) FROM generate_series(1, 1000); SELECT pg_switch_wal()",
+        )
+        .await
+        .unwrap();
+    }
+    src.batch_execute("CHECKPOINT").await.unwrap();
+    let status: Option<String> = src
+        .query_one(
+            "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'totes_cdc'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status.as_deref(), Some("lost"));
+
+    // The next start stops with the documented message.
+    let (status, _, err) = support::run(&args, &[]);
+    assert!(!status.success());
+    assert!(err.contains("invalidated"), "{err}");
+    assert!(err.contains("totes-cdc resync"), "{err}");
+
+    // resync drops the slot and the snapshot record; run copies everything again.
+    let resync = ["resync", "--source-url", &src_url, "--state-dir", &state];
+    let (status, out, err) = support::run(&resync, &[]);
+    assert!(status.success(), "{out}{err}");
+    assert!(out.contains("dropped slot totes_cdc"), "{out}");
+    let _p = Proc::spawn(&args, &[]);
+    sync(&src, &wh, WAIT).await;
+    assert_star(&src, &wh).await;
+    // The rows deleted while the slot was lost are gone from the warehouse too.
+    let gone = count(
+        &wh,
+        "SELECT count(*) FROM staging.sales_order WHERE sales_order_id IN (1, 2) AND NOT _deleted",
+    )
+    .await;
+    assert_eq!(gone, 0.0);
+    let current = count(
+        &wh,
+        "SELECT count(*) FROM fact_sales_order WHERE sales_order_id IN (1, 2) AND is_current",
+    )
+    .await;
+    assert_eq!(current, 0.0);
+    // Idempotent: a second resync while nothing runs just re-copies.
+    drop(_p);
+    let (status, out, err) = support::run(&resync, &[]);
+    assert!(status.success(), "{out}{err}");
+    let _p = Proc::spawn(&args, &[]);
+    sync(&src, &wh, WAIT).await;
+    assert_star(&src, &wh).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stream_and_consume_serve_their_own_metrics() {
+    let moto = Moto::start();
+    moto.create_stream("obs", 2).await;
+    let pg = PgCluster::start();
+    let src = pg.create_db("src").await;
+    let wh = pg.create_db("wh").await;
+    totesys::create(&src).await;
+    totesys::publish(&src).await;
+    let e = moto.env();
+    let e: Vec<(&str, &str)> = e.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (src_url, wh_url) = (pg.url("src"), pg.url("wh"));
+    let (ok, out, err) = support::run(
+        &[
+            "setup",
+            "--source-url",
+            &src_url,
+            "--warehouse-url",
+            &wh_url,
+        ],
+        &e,
+    );
+    assert!(ok.success(), "{out}{err}");
+    let state = support::temp_dir("obs").to_string_lossy().into_owned();
+    let lake = format!("{state}/lake");
+    let streamer = Proc::spawn(
+        &[
+            "stream",
+            "--sink",
+            "kinesis",
+            "--kinesis-stream",
+            "obs",
+            "--source-url",
+            &src_url,
+            "--state-dir",
+            &state,
+            "--lake",
+            &lake,
+        ],
+        &e,
+    );
+    let consumer = Proc::spawn(
+        &[
+            "consume",
+            "--kinesis-stream",
+            "obs",
+            "--warehouse-url",
+            &wh_url,
+            "--lake",
+            &lake,
+            "--poll-interval",
+            "100ms",
+        ],
+        &e,
+    );
+    let (s_addr, c_addr) = (metrics_addr(&streamer), metrics_addr(&consumer));
+    streamer.wait_log("streaming changes", WAIT);
+    for n in 0..10 {
+        totesys::sale(&src, n).await;
+    }
+    src.batch_execute("UPDATE payment SET paid = true WHERE payment_id <= 4")
+        .await
+        .unwrap();
+    wait_star(&src, &wh, WAIT).await;
+
+    // The producer: every captured event acknowledged by Kinesis, nothing in flight.
+    let all = moto.read_all("obs");
+    let records = all.len() as f64;
+    // What the slot streamed (the snapshot's records have no transaction id).
+    let streamed = all
+        .iter()
+        .filter(|r| !r["data"]["source"]["xid"].is_null())
+        .count() as f64;
+    let s = wait_metrics(&s_addr, "the producer's counters", WAIT, |m| {
+        m.sum("totes_cdc_kinesis_records_total", &[]) >= records
+    });
+    assert_eq!(s.sum("totes_cdc_kinesis_records_total", &[]), records);
+    assert_eq!(
+        s.sum("totes_cdc_events_total", &[]),
+        streamed,
+        "every streamed event is one record"
+    );
+    assert!(s.sum("totes_cdc_kinesis_bytes_total", &[]) > records * 100.0);
+    assert!(s.sum("totes_cdc_kinesis_put_seconds_count", &[]) >= 1.0);
+    assert_eq!(s.sum("totes_cdc_kinesis_inflight_requests", &[]), 0.0);
+    assert_eq!(s.sum("totes_cdc_kinesis_failed_records_total", &[]), 0.0);
+    assert_eq!(s.sum("totes_cdc_slot_active", &[]), 1.0);
+    // The producer has no warehouse.
+    assert!(!s.has("totes_cdc_warehouse_rows_total"));
+    check_with_reference_parser(&s.text);
+    let body = wait_ready(&s_addr, 200, WAIT);
+    assert!(body.contains("kinesis: ok"), "{body}");
+
+    // The consumer: both shards owned, each one's distance to the tip, every record applied.
+    let c = wait_metrics(&c_addr, "the consumer's counters", WAIT, |m| {
+        m.sum("totes_cdc_warehouse_rows_total", &[]) >= records
+    });
+    assert_eq!(c.sum("totes_cdc_warehouse_rows_total", &[]), records);
+    assert_eq!(c.sum("totes_cdc_shards_owned", &[]), 2.0);
+    assert!(c.sum("totes_cdc_lease_changes_total", &[]) >= 2.0);
+    assert_eq!(c.series("totes_cdc_kinesis_millis_behind_latest").len(), 2);
+    assert!(c.sum("totes_cdc_end_to_end_latency_seconds_count", &[]) > 0.0);
+    assert!(c.sum("totes_cdc_lake_files_total", &[]) > 0.0);
+    // The consumer does not capture.
+    assert!(!c.has("totes_cdc_events_total"));
+    check_with_reference_parser(&c.text);
+    let body = wait_ready(&c_addr, 200, WAIT);
+    assert!(body.contains("warehouse: ok"), "{body}");
+}

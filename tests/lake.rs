@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::Value;
 use support::moto::Moto;
 use support::star::{assert_star, sync};
-use support::{totesys, PgCluster, Proc};
+use support::{run_args, totesys, PgCluster, Proc};
 use tokio_postgres::Client;
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -186,22 +186,6 @@ fn fold(dump: &Dump, table: &str) -> BTreeMap<String, BTreeMap<String, Option<St
         }
     }
     out
-}
-
-fn run_args<'a>(src: &'a str, wh: &'a str, state: &'a str, lake: &'a str) -> Vec<&'a str> {
-    vec![
-        "run",
-        "--source-url",
-        src,
-        "--warehouse-url",
-        wh,
-        "--state-dir",
-        state,
-        "--lake",
-        lake,
-        "--batch-max-ms",
-        "200",
-    ]
 }
 
 async fn workload(src: &Client, from: i32, to: i32) {

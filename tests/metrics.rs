@@ -12,26 +12,10 @@ use support::scrape::{
     check_with_reference_parser, get, metrics_addr, scrape, wait_metrics, wait_ready,
 };
 use support::star::{assert_star, sync, wait_star};
-use support::{totesys, PgCluster, Proc};
+use support::{run_args, totesys, PgCluster, Proc};
 use tokio_postgres::Client;
 
 const WAIT: Duration = Duration::from_secs(120);
-
-fn run_args<'a>(src: &'a str, wh: &'a str, state: &'a str, lake: &'a str) -> Vec<&'a str> {
-    vec![
-        "run",
-        "--source-url",
-        src,
-        "--warehouse-url",
-        wh,
-        "--state-dir",
-        state,
-        "--lake",
-        lake,
-        "--batch-max-ms",
-        "200",
-    ]
-}
 
 async fn count(db: &Client, sql: &str) -> f64 {
     db.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) as f64
@@ -39,7 +23,8 @@ async fn count(db: &Client, sql: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn run_metrics_follow_the_workload_and_lag_follows_apply() {
-    let pg = PgCluster::start();
+    // A small max_wal_size: a slot that holds a few segments leaves `reserved`.
+    let pg = PgCluster::start_with(&[("max_wal_size", "32MB")]);
     let src = pg.create_db("src").await;
     let wh = pg.create_db("wh").await;
     totesys::create(&src).await;
@@ -50,8 +35,10 @@ async fn run_metrics_follow_the_workload_and_lag_follows_apply() {
     let state = support::temp_dir("metrics").to_string_lossy().into_owned();
     let lake = format!("{state}/lake");
     let (src_url, wh_url) = (pg.url("src"), pg.url("wh"));
-    let _p = Proc::spawn(&run_args(&src_url, &wh_url, &state, &lake), &[]);
-    let addr = metrics_addr(&_p);
+    let mut args = run_args(&src_url, &wh_url, &state, &lake);
+    args.extend(["--slot-max-retained-wal", "8MiB"]);
+    let p = Proc::spawn(&args, &[]);
+    let addr = metrics_addr(&p);
     assert_eq!(get(&addr, "/healthz").0, 200);
     sync(&src, &wh, WAIT).await;
     wait_ready(&addr, 200, WAIT);
@@ -171,6 +158,29 @@ async fn run_metrics_follow_the_workload_and_lag_follows_apply() {
     );
     let (code, body) = get(&addr, "/readyz");
     assert_eq!(code, 200, "held apply is slow, not down: {body}");
+    assert!(!body.contains("warning"), "{body}");
+
+    // Nothing can be confirmed, so the slot pins the WAL written meanwhile: past the
+    // configured threshold and past max_wal_size, both reported (and still ready).
+    src.batch_execute("CREATE TABLE junk (x text)")
+        .await
+        .unwrap();
+    // max_wal_size is two segments; the slot must hold more than three to be `extended`.
+    for _ in 0..5 {
+        src.batch_execute("INSERT INTO junk VALUES ('x'); SELECT pg_switch_wal()")
+            .await
+            .unwrap();
+    }
+    let pinned = wait_metrics(&addr, "the slot to leave reserved", WAIT, |m| {
+        m.sum("totes_cdc_slot_wal_status", &[("status", "extended")]) == 1.0
+    });
+    assert!(pinned.sum("totes_cdc_slot_retained_wal_bytes", &[]) > 48.0 * 1024.0 * 1024.0);
+    let body = wait_ready(&addr, 200, WAIT);
+    assert!(body.contains("warning slot_retained_wal"), "{body}");
+    assert!(body.contains("warning slot_wal_status"), "{body}");
+    p.wait_log("retains", WAIT);
+    p.wait_log("wal_status extended", WAIT);
+
     holder.batch_execute("ROLLBACK").await.unwrap();
     // Released: the backlog is applied and the lag falls back to about zero.
     let caught_up = wait_metrics(&addr, "the lag to fall", WAIT, |m| {
@@ -186,6 +196,23 @@ async fn run_metrics_follow_the_workload_and_lag_follows_apply() {
     );
     sync(&src, &wh, WAIT).await;
     assert_star(&src, &wh).await;
+    // Confirmed again, the slot lets go of the WAL at the next checkpoints and the warnings clear.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        src.batch_execute("CHECKPOINT").await.unwrap();
+        let (_, body) = get(&addr, "/readyz");
+        let m = scrape(&addr);
+        if !body.contains("warning")
+            && m.sum("totes_cdc_slot_wal_status", &[("status", "reserved")]) == 1.0
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot warnings stayed: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

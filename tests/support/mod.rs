@@ -48,6 +48,23 @@ pub fn temp_dir(name: &str) -> PathBuf {
     d
 }
 
+/// The arguments of `run` with short batches.
+pub fn run_args<'a>(src: &'a str, wh: &'a str, state: &'a str, lake: &'a str) -> Vec<&'a str> {
+    vec![
+        "run",
+        "--source-url",
+        src,
+        "--warehouse-url",
+        wh,
+        "--state-dir",
+        state,
+        "--lake",
+        lake,
+        "--batch-max-ms",
+        "200",
+    ]
+}
+
 /// Runs the binary to completion; returns (exit status, stdout, stderr).
 pub fn run(args: &[&str], envs: &[(&str, &str)]) -> (ExitStatus, String, String) {
     let out = Command::new(bin())

@@ -165,6 +165,7 @@ pub async fn run(
                     tables: schemas,
                     snapshot_name: text(2),
                     consistent_point: cp,
+                    attempt: 0,
                     parallelism: cfg.snapshot_parallelism,
                 };
                 run_snapshot(job, &mut sink, &state_file, &mut state, &stats).await?;
@@ -191,13 +192,23 @@ pub async fn run(
                         schemas.push(catalog.table_schema(t, &cfg.publication).await?);
                     }
                     state.attempt += 1;
+                    if state.attempt >= crate::event::SNAPSHOT_ATTEMPTS {
+                        return Err(CaptureError::Stream {
+                            message: format!(
+                                "the initial snapshot of slot \"{}\" failed {} times",
+                                cfg.slot, state.attempt
+                            ),
+                            hint: "fix what the log says stopped it, then run `totes-cdc resync` to start over with a new slot".into(),
+                        });
+                    }
                     state_file.store(&state)?;
                     let cp = Lsn::parse(&state.consistent_point).unwrap_or(confirmed);
                     let job = SnapshotJob {
                         url: url.clone(),
                         tables: schemas,
                         snapshot_name: None,
-                        consistent_point: Lsn(cp.0.saturating_sub(state.attempt as u64)),
+                        consistent_point: cp,
+                        attempt: state.attempt,
                         parallelism: cfg.snapshot_parallelism,
                     };
                     run_snapshot(job, &mut sink, &state_file, &mut state, &stats).await?;

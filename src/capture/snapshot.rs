@@ -22,7 +22,10 @@ pub struct SnapshotJob {
     /// The snapshot exported by the slot's creation; `None` redoes unfinished tables under a
     /// fresh snapshot (their rows are then re-applied by the stream, which starts earlier).
     pub snapshot_name: Option<String>,
+    /// The slot's consistent point (not adjusted for the attempt).
     pub consistent_point: Lsn,
+    /// 0 for the slot's exported snapshot, counting up with each redo.
+    pub attempt: u32,
     pub parallelism: usize,
 }
 
@@ -59,9 +62,9 @@ pub async fn run_snapshot(
         let tx = tx.clone();
         let url = job.url.clone();
         let snapshot = job.snapshot_name.clone();
-        let cp = job.consistent_point;
+        let (cp, attempt) = (job.consistent_point, job.attempt);
         handles.push(tokio::spawn(async move {
-            copy_worker(url, snapshot, cp, ts, queue, tx).await
+            copy_worker(url, snapshot, cp, attempt, ts, queue, tx).await
         }));
     }
     drop(tx);
@@ -140,6 +143,7 @@ async fn copy_worker(
     url: PgUrl,
     snapshot: Option<String>,
     cp: Lsn,
+    attempt: u32,
     ts: i64,
     queue: Arc<Mutex<VecDeque<Arc<TableSchema>>>>,
     tx: mpsc::Sender<SnapMsg>,
@@ -172,12 +176,12 @@ async fn copy_worker(
             }
         );
         let name = table.qualified_name();
-        // The copy replaces what the table held: a truncate just before its rows (and after
-        // every older position) tells downstream that rows not read again are gone. On a
-        // first snapshot it finds nothing; after `resync` it removes rows deleted meanwhile.
+        // The copy replaces what the table held: a truncate before its rows (and after every
+        // change older than the slot) tells downstream that rows not read again are gone. On
+        // a first snapshot it finds nothing; after `resync` it removes rows deleted meanwhile.
         let marker = ChangeEvent {
             op: Op::Truncate,
-            position: Position::new(Lsn(cp.0.saturating_sub(1)), i32::MAX),
+            position: Position::snapshot_truncate(cp, attempt),
             xid: None,
             commit_ts_us: ts,
             key: None,
@@ -207,7 +211,7 @@ async fn copy_worker(
                     })?;
                 let ev = ChangeEvent {
                     op: Op::Read,
-                    position: Position::snapshot(cp, rows),
+                    position: Position::snapshot(cp, attempt, rows),
                     xid: None,
                     commit_ts_us: ts,
                     key: Some(ChangeEvent::key_of(&table, &after)),

@@ -16,9 +16,8 @@ pub struct SnapshotState {
     pub done_tables: Vec<String>,
     /// Every table is done.
     pub complete: bool,
-    /// 0 for the snapshot the slot exported; each redo after a crash counts up. A redo's rows
-    /// carry the consistent point minus this number, so their positions differ from the
-    /// interrupted attempt's and still sort before every streamed change.
+    /// 0 for the snapshot the slot exported; each redo after a crash counts up (see
+    /// `Position::snapshot`), at most `SNAPSHOT_ATTEMPTS` times.
     #[serde(default)]
     pub attempt: u32,
 }

@@ -16,6 +16,10 @@ pub use pgwire_replication::Lsn;
 
 pub use value::ValueKind;
 
+/// How many times the initial snapshot may be attempted for one slot (see
+/// `Position::snapshot_truncate`).
+pub const SNAPSHOT_ATTEMPTS: u32 = 64;
+
 /// Where an event sits in the source's history: the commit LSN of its transaction and its
 /// ordinal within that transaction (0, 1, ...).
 ///
@@ -33,11 +37,26 @@ impl Position {
         Self { lsn, seq }
     }
 
-    /// The position of the `row`-th row of a snapshot taken at `consistent_point`.
-    pub fn snapshot(consistent_point: Lsn, row: u32) -> Self {
+    /// The position of the `row`-th row of the snapshot attempt `attempt` of a slot whose
+    /// consistent point is `consistent_point`: attempt 0 (the exported snapshot) at the
+    /// consistent point, each redo after a crash one byte lower, so attempts never share a
+    /// position and all sort before every streamed change.
+    pub fn snapshot(consistent_point: Lsn, attempt: u32, row: u32) -> Self {
         Self {
-            lsn: consistent_point,
+            lsn: Lsn(consistent_point.0.saturating_sub(attempt as u64)),
             seq: i32::MIN.wrapping_add(row.min(i32::MAX as u32) as i32),
+        }
+    }
+
+    /// The truncate that opens each table's copy in snapshot attempt `attempt`: below the rows
+    /// of every attempt (so no attempt's rows are retired by another's truncate), above every
+    /// change committed before the slot existed. Those commit at least a commit record plus the
+    /// running-xacts record that makes the slot consistent (more than 80 bytes of WAL) before
+    /// the consistent point, hence the 64-byte margin, which also bounds the attempts.
+    pub fn snapshot_truncate(consistent_point: Lsn, attempt: u32) -> Self {
+        Self {
+            lsn: Lsn(consistent_point.0.saturating_sub(SNAPSHOT_ATTEMPTS as u64)),
+            seq: i32::MIN.wrapping_add(attempt.min(SNAPSHOT_ATTEMPTS) as i32),
         }
     }
 }

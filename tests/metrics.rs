@@ -539,3 +539,50 @@ async fn stream_and_consume_serve_their_own_metrics() {
     let body = wait_ready(&c_addr, 200, WAIT);
     assert!(body.contains("warehouse: ok"), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slot_invalidated_while_running_stops_the_pipeline_with_the_fix() {
+    let pg = PgCluster::start_with(&[("max_slot_wal_keep_size", "32MB")]);
+    let src = pg.create_db("src").await;
+    let wh = pg.create_db("wh").await;
+    totesys::create(&src).await;
+    totesys::publish(&src).await;
+    let state = support::temp_dir("lostrun").to_string_lossy().into_owned();
+    let lake = format!("{state}/lake");
+    let (src_url, wh_url) = (pg.url("src"), pg.url("wh"));
+    let mut p = Proc::spawn(&run_args(&src_url, &wh_url, &state, &lake), &[]);
+    let addr = metrics_addr(&p);
+    sync(&src, &wh, WAIT).await;
+
+    // Apply held, so nothing is confirmed while the source writes past max_slot_wal_keep_size.
+    let (holder, conn) = tokio_postgres::connect(&wh_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    holder
+        .batch_execute("BEGIN; LOCK TABLE staging.sales_order IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    totesys::sale(&src, 1).await;
+    wait_metrics(&addr, "the sale to wait", WAIT, |m| {
+        m.sum("totes_cdc_replication_lag_seconds", &[]) > 0.0
+    });
+    src.batch_execute("CREATE TABLE junk (x text)")
+        .await
+        .unwrap();
+    for _ in 0..4 {
+        src.batch_execute("INSERT INTO junk VALUES ('x'); SELECT pg_switch_wal()")
+            .await
+            .unwrap();
+    }
+    src.batch_execute("CHECKPOINT").await.unwrap();
+    holder.batch_execute("ROLLBACK").await.unwrap();
+
+    // The server ends the session that held the slot; the pipeline stops with the recovery.
+    let status = p.wait(WAIT);
+    assert!(!status.success());
+    let err = p.stderr();
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.contains("has been invalidated"), "{err}");
+    assert!(last.contains("totes-cdc resync"), "{err}");
+}

@@ -276,7 +276,7 @@ pub async fn run(
                 let transient = replication_is_transient(&e);
                 let e = replication_error(e, &cfg);
                 if !transient {
-                    break Err(e);
+                    break Err(explain_with_slot(&cfg, e).await);
                 }
                 e
             }
@@ -309,7 +309,7 @@ pub async fn run(
                 .await
             {
                 Ok(c) => c,
-                Err(e) => break Err(replication_error(e, &cfg)),
+                Err(e) => break Err(explain_with_slot(&cfg, replication_error(e, &cfg)).await),
             };
     };
     if let Some(h) = heartbeat {
@@ -408,6 +408,20 @@ fn replication_is_transient(e: &PgWireError) -> bool {
             Some(c) if c.starts_with("08") || c.starts_with("53") || c.starts_with("57P") || c == "55006" || c == "XX000"
         ),
         _ => false,
+    }
+}
+
+/// A replication session refused for good: when the reason is that the server invalidated the
+/// slot (it ends the session holding it), say so with the recovery instead of the bare refusal.
+async fn explain_with_slot(cfg: &CaptureConfig, e: CaptureError) -> CaptureError {
+    let Ok(client) = cfg.source.connect().await else {
+        return e;
+    };
+    match slot::slot_info(&client, &cfg.source, &cfg.slot).await {
+        Ok(Some(info)) if info.wal_status.as_deref() == Some("lost") => CaptureError::SlotLost {
+            slot: cfg.slot.clone(),
+        },
+        _ => e,
     }
 }
 

@@ -8,7 +8,7 @@ pub mod warehouse;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
@@ -35,13 +35,6 @@ pub struct ApplyStats {
     pub last_latency_ms: AtomicU64,
     /// Wall time of the last batch, in microseconds.
     pub last_batch_us: AtomicU64,
-}
-
-fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
 }
 
 /// Applies batches from `rx` until it closes; retries transient warehouse failures (nothing is
@@ -112,7 +105,7 @@ pub async fn run(
                         .last_batch_us
                         .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
                     if let Some(ts) = batch.newest_commit_ts_us {
-                        let lat = (now_us() - ts).max(0) as u64 / 1000;
+                        let lat = (crate::event::now_us() - ts).max(0) as u64 / 1000;
                         stats.last_latency_ms.store(lat, Ordering::Relaxed);
                     }
                     record(&applied, started.elapsed().as_secs_f64(), &batch);
@@ -168,7 +161,7 @@ pub fn record(applied: &warehouse::Applied, seconds: f64, batch: &batch::Batch) 
     }
     if let Some(ts) = batch.newest_commit_ts_us {
         m.end_to_end_latency_seconds
-            .observe((now_us() - ts).max(0) as f64 / 1e6);
+            .observe((crate::event::now_us() - ts).max(0) as f64 / 1e6);
     }
     if let Some(p) = batch.events.iter().map(|e| e.position).max() {
         if p.lsn.0 as i64 > m.applied_position_lsn.get() {

@@ -5,7 +5,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -23,13 +23,6 @@ pub struct MonitorConfig {
 }
 
 const STATUSES: [&str; 4] = ["reserved", "extended", "unreserved", "lost"];
-
-fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
 
 pub async fn run(
     cfg: MonitorConfig,
@@ -65,7 +58,7 @@ pub async fn run(
             .set(stats.confirmed_lsn.load(Ordering::Relaxed) as i64);
         // Lag in seconds: the oldest change waiting in the pipeline, or, when none reached
         // it, how long ago the source's WAL passed the confirmed position.
-        let now = now_us();
+        let now = crate::event::now_us();
         let oldest = stats.oldest_unconfirmed_ts_us.load(Ordering::Relaxed) as i64;
         let waiting = if oldest > 0 {
             (now - oldest).max(0) as f64 / 1e6

@@ -4,7 +4,6 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures_util::{pin_mut, StreamExt};
 use tokio::sync::mpsc;
@@ -34,13 +33,6 @@ enum SnapMsg {
     TableDone { table: String, rows: u64 },
 }
 
-fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
-
 /// Copies the tables into `sink`, recording each table in `state` once all its rows are
 /// acknowledged; returns when every row is acknowledged.
 pub async fn run_snapshot(
@@ -50,7 +42,7 @@ pub async fn run_snapshot(
     state: &mut SnapshotState,
     stats: &super::stream::CaptureStats,
 ) -> Result<(), CaptureError> {
-    let ts = now_us();
+    let ts = crate::event::now_us();
     let queue = Arc::new(Mutex::new(
         job.tables.iter().cloned().collect::<VecDeque<_>>(),
     ));

@@ -16,6 +16,14 @@ pub use pgwire_replication::Lsn;
 
 pub use value::ValueKind;
 
+/// Now, in microseconds since the Unix epoch (the unit of `commit_ts_us`).
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
 /// How many times the initial snapshot may be attempted for one slot (see
 /// `Position::snapshot_truncate`).
 pub const SNAPSHOT_ATTEMPTS: u32 = 64;

@@ -5,123 +5,25 @@
 
 mod support;
 
-use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::star::{assert_star, sync};
-use support::{totesys, PgCluster, Proc};
-use tokio_postgres::Client;
+use support::star::{self, assert_star, sync};
+use support::{run_args, totesys, PgCluster, Proc};
 
 const WAIT: Duration = Duration::from_secs(180);
 
-/// Sales, purchases, mark-paid updates, hand edits and deletes until `stop`, surviving
-/// connection loss.
-fn spawn_workload(url: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u32> {
-    tokio::spawn(async move {
-        let mut n: i32 = 1000;
-        let mut done = 0;
-        while !stop.load(Ordering::Relaxed) {
-            let Ok((db, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await else {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            };
-            tokio::spawn(conn);
-            while !stop.load(Ordering::Relaxed) {
-                let sql = match n % 10 {
-                    0..=4 => totesys::sale_sql(n),
-                    5..=6 => totesys::purchase_sql(n),
-                    7 => "UPDATE payment SET paid = true, last_updated = now()::timestamp(3) \
-                          WHERE payment_id IN (SELECT payment_id FROM payment WHERE NOT paid ORDER BY payment_id LIMIT 3)"
-                        .to_string(),
-                    8 => format!(
-                        "UPDATE staff SET email_address = 'e{n}@terrifictotes.com' WHERE staff_id = {};
-                         UPDATE department SET manager = 'M{n}', location = CASE WHEN location = 'Leeds' THEN 'Leds' ELSE 'Leeds' END WHERE department_id = {};
-                         UPDATE address SET phone = '0161 {n}' WHERE address_id = {}",
-                        n % 20 + 1,
-                        n % 8 + 1,
-                        n % 30 + 1
-                    ),
-                    _ => "DELETE FROM sales_order WHERE sales_order_id = (SELECT min(sales_order_id) FROM sales_order)"
-                        .to_string(),
-                };
-                if db.batch_execute(&sql).await.is_err() {
-                    break;
-                }
-                n += 1;
-                done += 1;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
-        done
-    })
-}
-
-fn run_args<'a>(src: &'a str, wh: &'a str, state: &'a str, lake: &'a str) -> Vec<&'a str> {
-    vec![
-        "run",
-        "--source-url",
-        src,
-        "--warehouse-url",
-        wh,
-        "--state-dir",
-        state,
-        "--lake",
-        lake,
-        "--batch-max-ms",
-        "100",
-        "--heartbeat-interval",
-        "1s",
-    ]
-}
-
-/// (table, key, lsn, seq) of every fact version in the warehouse.
-async fn fact_versions(wh: &Client) -> BTreeSet<(String, i64, String, i64)> {
-    let mut out = BTreeSet::new();
-    for (fact, table, key) in [
-        ("fact_sales_order", "sales_order", "sales_order_id"),
-        ("fact_purchase_order", "purchase_order", "purchase_order_id"),
-        ("fact_payment", "payment", "payment_id"),
-    ] {
-        let rows = wh
-            .query(
-                &format!("SELECT {key}::bigint, source_lsn::text, source_seq::bigint FROM {fact}"),
-                &[],
-            )
-            .await
-            .unwrap();
-        let n = rows.len();
-        for r in rows {
-            out.insert((table.to_string(), r.get(0), r.get(1), r.get(2)));
-        }
-        let distinct = out.iter().filter(|v| v.0 == table).count();
-        assert_eq!(n, distinct, "{fact} holds a version twice");
-    }
-    out
-}
-
-/// The same from the independent capture: every insert and update of the order tables.
-fn oracle_versions(events: &[serde_json::Value]) -> BTreeSet<(String, i64, String, i64)> {
-    events
-        .iter()
-        .filter(|e| e["op"] == "c" || e["op"] == "u" || e["op"] == "r")
-        .filter_map(|e| {
-            let table = e["source"]["table"].as_str()?;
-            let key = match table {
-                "sales_order" => "sales_order_id",
-                "purchase_order" => "purchase_order_id",
-                "payment" => "payment_id",
-                _ => return None,
-            };
-            Some((
-                table.to_string(),
-                e["key"][key].as_i64()?,
-                e["source"]["lsn"].as_str()?.to_string(),
-                e["source"]["seq"].as_i64()?,
-            ))
-        })
-        .collect()
+/// `run` with a heartbeat every second, so the slot moves on while the workload pauses.
+fn args_with_heartbeat<'a>(
+    src: &'a str,
+    wh: &'a str,
+    state: &'a str,
+    lake: &'a str,
+) -> Vec<&'a str> {
+    let mut args = run_args(src, wh, state, lake);
+    args.extend(["--heartbeat-interval", "1s"]);
+    args
 }
 
 struct Rng(u64);
@@ -162,12 +64,12 @@ async fn kill_9_at_random_moments_loses_and_doubles_nothing() {
     let state = support::temp_dir("kill-run").to_string_lossy().into_owned();
     let lake = format!("{state}/lake");
     // The pipeline's slot exists before the orders do: every fact version is streamed.
-    let first = Proc::spawn(&run_args(&src_url, &wh_url, &state, &lake), &[]);
+    let first = Proc::spawn(&args_with_heartbeat(&src_url, &wh_url, &state, &lake), &[]);
     first.wait_log("streaming changes", WAIT);
     drop(first);
 
     let stop = Arc::new(AtomicBool::new(false));
-    let workload = spawn_workload(src_url.clone(), stop.clone());
+    let workload = totesys::spawn_workload(src_url.clone(), stop.clone());
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -180,7 +82,7 @@ async fn kill_9_at_random_moments_loses_and_doubles_nothing() {
             // Crash exactly between a warehouse commit and its acknowledgement.
             let nth = (1 + rng.next(4)).to_string();
             let mut p = Proc::spawn(
-                &run_args(&src_url, &wh_url, &state, &lake),
+                &args_with_heartbeat(&src_url, &wh_url, &state, &lake),
                 &[("TOTES_CDC_FAULT", &format!("after-commit:{nth}"))],
             );
             let status = p.wait(WAIT);
@@ -191,7 +93,7 @@ async fn kill_9_at_random_moments_loses_and_doubles_nothing() {
                 p.stderr()
             );
         } else {
-            let mut p = Proc::spawn(&run_args(&src_url, &wh_url, &state, &lake), &[]);
+            let mut p = Proc::spawn(&args_with_heartbeat(&src_url, &wh_url, &state, &lake), &[]);
             std::thread::sleep(Duration::from_millis(200 + rng.next(2500)));
             p.kill9();
         }
@@ -200,7 +102,7 @@ async fn kill_9_at_random_moments_loses_and_doubles_nothing() {
     let writes = workload.await.unwrap();
     assert!(writes > 50, "the workload ran ({writes} writes)");
 
-    let _last = Proc::spawn(&run_args(&src_url, &wh_url, &state, &lake), &[]);
+    let _last = Proc::spawn(&args_with_heartbeat(&src_url, &wh_url, &state, &lake), &[]);
     sync(&src, &wh, WAIT).await;
     assert_star(&src, &wh).await;
     // Every version the independent capture saw is a fact exactly once, and nothing else is.
@@ -214,8 +116,8 @@ async fn kill_9_at_random_moments_loses_and_doubles_nothing() {
             e["source"]["table"] == "payment" && e["key"]["payment_id"].as_i64() == Some(marker)
         })
     });
-    let expected = oracle_versions(&oracle.events());
-    let actual = fact_versions(&wh).await;
+    let expected = star::oracle_versions(&oracle.events());
+    let actual = star::fact_versions(&wh).await;
     let lost: Vec<_> = expected.difference(&actual).take(5).collect();
     let extra: Vec<_> = actual.difference(&expected).take(5).collect();
     assert!(
@@ -243,7 +145,7 @@ async fn a_warehouse_restart_is_waited_out() {
         .to_string_lossy()
         .into_owned();
     let lake = format!("{state}/lake");
-    let p = Proc::spawn(&run_args(&src_url, &wh_url, &state, &lake), &[]);
+    let p = Proc::spawn(&args_with_heartbeat(&src_url, &wh_url, &state, &lake), &[]);
     sync(&src, &wh, WAIT).await;
     drop(wh);
     wh_pg.stop();

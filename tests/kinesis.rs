@@ -11,9 +11,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::moto::Moto;
-use support::star::wait_star;
-use support::{totesys, PgCluster, Proc};
-use tokio_postgres::Client;
+use support::star::{self, wait_star};
+use support::{consume_args, stream_kinesis_args, totesys, PgCluster, Proc};
 
 const WAIT: Duration = Duration::from_secs(180);
 
@@ -23,88 +22,6 @@ fn env(moto: &Moto) -> Vec<(String, String)> {
 
 fn as_refs(v: &[(String, String)]) -> Vec<(&str, &str)> {
     v.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
-}
-
-/// Sales, purchases, mark-paid updates, edits and deletes until `stop`.
-fn spawn_workload(url: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u32> {
-    tokio::spawn(async move {
-        let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        let mut n: i32 = 5000;
-        let mut done = 0;
-        while !stop.load(Ordering::Relaxed) {
-            let sql = match n % 10 {
-                0..=4 => totesys::sale_sql(n),
-                5..=6 => totesys::purchase_sql(n),
-                7 => "UPDATE payment SET paid = true, last_updated = now()::timestamp(3) \
-                      WHERE payment_id IN (SELECT payment_id FROM payment WHERE NOT paid ORDER BY payment_id LIMIT 2)"
-                    .to_string(),
-                8 => format!(
-                    "UPDATE staff SET email_address = 'k{n}@terrifictotes.com' WHERE staff_id = {};
-                     UPDATE address SET phone = '0113 {n}' WHERE address_id = {}",
-                    n % 20 + 1,
-                    n % 30 + 1
-                ),
-                _ => "DELETE FROM sales_order WHERE sales_order_id = (SELECT min(sales_order_id) FROM sales_order)".to_string(),
-            };
-            db.batch_execute(&sql).await.unwrap();
-            n += 1;
-            done += 1;
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        done
-    })
-}
-
-async fn fact_versions(wh: &Client) -> BTreeSet<(String, i64, String, i64)> {
-    let mut out = BTreeSet::new();
-    for (fact, table, key) in [
-        ("fact_sales_order", "sales_order", "sales_order_id"),
-        ("fact_purchase_order", "purchase_order", "purchase_order_id"),
-        ("fact_payment", "payment", "payment_id"),
-    ] {
-        let rows = wh
-            .query(
-                &format!("SELECT {key}::bigint, source_lsn::text, source_seq::bigint FROM {fact}"),
-                &[],
-            )
-            .await
-            .unwrap();
-        let n = rows.len();
-        for r in rows {
-            out.insert((table.to_string(), r.get(0), r.get(1), r.get(2)));
-        }
-        assert_eq!(
-            out.iter().filter(|v| v.0 == table).count(),
-            n,
-            "{fact} holds a version twice"
-        );
-    }
-    out
-}
-
-fn oracle_versions(events: &[Value]) -> BTreeSet<(String, i64, String, i64)> {
-    events
-        .iter()
-        .filter(|e| matches!(e["op"].as_str(), Some("c" | "u" | "r")))
-        .filter_map(|e| {
-            let table = e["source"]["table"].as_str()?;
-            let key = match table {
-                "sales_order" => "sales_order_id",
-                "purchase_order" => "purchase_order_id",
-                "payment" => "payment_id",
-                _ => return None,
-            };
-            Some((
-                table.to_string(),
-                e["key"][key].as_i64()?,
-                e["source"]["lsn"].as_str()?.to_string(),
-                e["source"]["seq"].as_i64()?,
-            ))
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -120,19 +37,7 @@ async fn stream_publishes_envelopes_a_plain_client_reads() {
     let lake = format!("{state}/lake");
     let e = env(&moto);
     let p = Proc::spawn(
-        &[
-            "stream",
-            "--sink",
-            "kinesis",
-            "--kinesis-stream",
-            "plain",
-            "--source-url",
-            &url,
-            "--state-dir",
-            &state,
-            "--lake",
-            &lake,
-        ],
+        &stream_kinesis_args("plain", &url, &state, &lake),
         &as_refs(&e),
     );
     p.wait_log("streaming changes", WAIT);
@@ -239,40 +144,18 @@ async fn stream_and_two_consumers_lose_and_double_nothing_through_kills_and_a_re
         &[],
     );
     oracle.wait_log("streaming changes", WAIT);
-    let stream_args = vec![
-        "stream",
-        "--sink",
-        "kinesis",
-        "--kinesis-stream",
-        "totes",
-        "--source-url",
-        &src_url,
-        "--state-dir",
-        &state,
-        "--lake",
-        &lake,
-    ];
-    let consume_args = |id: &'static str| {
-        vec![
-            "consume",
-            "--kinesis-stream",
-            "totes",
-            "--warehouse-url",
-            &wh_url,
-            "--lake",
-            &lake,
-            "--consumer-id",
-            id,
-            "--poll-interval",
-            "100ms",
-        ]
+    let stream_args = stream_kinesis_args("totes", &src_url, &state, &lake);
+    let consumer_args = |id: &'static str| {
+        let mut args = consume_args("totes", &wh_url, &lake);
+        args.extend(["--consumer-id", id]);
+        args
     };
     let mut streamer = Proc::spawn(&stream_args, &e);
     streamer.wait_log("streaming changes", WAIT);
-    let mut a = Proc::spawn(&consume_args("a"), &e);
-    let b = Proc::spawn(&consume_args("b"), &e);
+    let mut a = Proc::spawn(&consumer_args("a"), &e);
+    let b = Proc::spawn(&consumer_args("b"), &e);
     let stop = Arc::new(AtomicBool::new(false));
-    let workload = spawn_workload(src_url.clone(), stop.clone());
+    let workload = totesys::spawn_workload(src_url.clone(), stop.clone());
 
     for round in 0..3 {
         std::thread::sleep(Duration::from_millis(1500));
@@ -314,7 +197,7 @@ async fn stream_and_two_consumers_lose_and_double_nothing_through_kills_and_a_re
             streamer.kill9();
             streamer = Proc::spawn(&stream_args, &e);
         }
-        a = Proc::spawn(&consume_args("a"), &e);
+        a = Proc::spawn(&consumer_args("a"), &e);
     }
     std::thread::sleep(Duration::from_millis(1500));
     stop.store(true, Ordering::Relaxed);
@@ -331,8 +214,8 @@ async fn stream_and_two_consumers_lose_and_double_nothing_through_kills_and_a_re
             e["source"]["table"] == "payment" && e["key"]["payment_id"].as_i64() == Some(marker)
         })
     });
-    let expected = oracle_versions(&oracle.events());
-    let actual = fact_versions(&wh).await;
+    let expected = star::oracle_versions(&oracle.events());
+    let actual = star::fact_versions(&wh).await;
     let lost: Vec<_> = expected.difference(&actual).take(5).collect();
     let extra: Vec<_> = actual.difference(&expected).take(5).collect();
     assert!(
@@ -411,25 +294,13 @@ async fn failed_and_throttled_entries_are_retried_without_loss_or_reordering() {
     let mut e = env(&moto);
     // A third of all entries fail as throttled (PutRecords partial failures).
     e.push(("TOTES_CDC_FAULT".into(), "kinesis-fail:33".into()));
-    let p = Proc::spawn(
-        &[
-            "stream",
-            "--sink",
-            "kinesis",
-            "--kinesis-stream",
-            "flaky",
-            "--source-url",
-            &url,
-            "--state-dir",
-            &state,
-            "--kinesis-concurrency",
-            "4",
-        ],
-        &as_refs(&e),
-    );
+    let lake = format!("{state}/lake");
+    let mut args = stream_kinesis_args("flaky", &url, &state, &lake);
+    args.extend(["--kinesis-concurrency", "4"]);
+    let p = Proc::spawn(&args, &as_refs(&e));
     p.wait_log("streaming changes", WAIT);
     let stop = Arc::new(AtomicBool::new(false));
-    let workload = spawn_workload(url.clone(), stop.clone());
+    let workload = totesys::spawn_workload(url.clone(), stop.clone());
     std::thread::sleep(Duration::from_secs(4));
     stop.store(true, Ordering::Relaxed);
     workload.await.unwrap();
@@ -533,20 +404,11 @@ async fn a_missing_stream_or_an_unreachable_endpoint_stops_with_the_fix() {
     let _ = wh;
     let (src_url, wh_url) = (pg.url("src"), pg.url("wh"));
     let state = support::temp_dir("kbad").to_string_lossy().into_owned();
+    let lake = format!("{state}/lake");
     let e = env(&moto);
     let last_line = |err: &str| err.lines().last().unwrap_or_default().to_string();
     let (status, _, err) = support::run(
-        &[
-            "stream",
-            "--sink",
-            "kinesis",
-            "--kinesis-stream",
-            "nope",
-            "--source-url",
-            &src_url,
-            "--state-dir",
-            &state,
-        ],
+        &stream_kinesis_args("nope", &src_url, &state, &lake),
         &as_refs(&e),
     );
     assert!(!status.success());
@@ -556,16 +418,7 @@ async fn a_missing_stream_or_an_unreachable_endpoint_stops_with_the_fix() {
             && line.contains("kinesis-stream"),
         "{line}"
     );
-    let (status, _, err) = support::run(
-        &[
-            "consume",
-            "--kinesis-stream",
-            "nope",
-            "--warehouse-url",
-            &wh_url,
-        ],
-        &as_refs(&e),
-    );
+    let (status, _, err) = support::run(&consume_args("nope", &wh_url, &lake), &as_refs(&e));
     assert!(!status.success());
     assert!(last_line(&err).contains("does not exist"), "{err}");
     let dead: Vec<(String, String)> = e
@@ -582,17 +435,7 @@ async fn a_missing_stream_or_an_unreachable_endpoint_stops_with_the_fix() {
         })
         .collect();
     let (status, _, err) = support::run(
-        &[
-            "stream",
-            "--sink",
-            "kinesis",
-            "--kinesis-stream",
-            "nope",
-            "--source-url",
-            &src_url,
-            "--state-dir",
-            &state,
-        ],
+        &stream_kinesis_args("nope", &src_url, &state, &lake),
         &as_refs(&dead),
     );
     assert!(!status.success());

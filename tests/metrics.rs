@@ -12,7 +12,7 @@ use support::scrape::{
     check_with_reference_parser, get, metrics_addr, scrape, wait_metrics, wait_ready,
 };
 use support::star::{assert_star, sync, wait_star};
-use support::{run_args, totesys, PgCluster, Proc};
+use support::{consume_args, run_args, stream_kinesis_args, totesys, PgCluster, Proc};
 use tokio_postgres::Client;
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -455,36 +455,8 @@ async fn stream_and_consume_serve_their_own_metrics() {
     assert!(ok.success(), "{out}{err}");
     let state = support::temp_dir("obs").to_string_lossy().into_owned();
     let lake = format!("{state}/lake");
-    let streamer = Proc::spawn(
-        &[
-            "stream",
-            "--sink",
-            "kinesis",
-            "--kinesis-stream",
-            "obs",
-            "--source-url",
-            &src_url,
-            "--state-dir",
-            &state,
-            "--lake",
-            &lake,
-        ],
-        &e,
-    );
-    let consumer = Proc::spawn(
-        &[
-            "consume",
-            "--kinesis-stream",
-            "obs",
-            "--warehouse-url",
-            &wh_url,
-            "--lake",
-            &lake,
-            "--poll-interval",
-            "100ms",
-        ],
-        &e,
-    );
+    let streamer = Proc::spawn(&stream_kinesis_args("obs", &src_url, &state, &lake), &e);
+    let consumer = Proc::spawn(&consume_args("obs", &wh_url, &lake), &e);
     let (s_addr, c_addr) = (metrics_addr(&streamer), metrics_addr(&consumer));
     streamer.wait_log("streaming changes", WAIT);
     for n in 0..10 {

@@ -65,6 +65,43 @@ pub fn run_args<'a>(src: &'a str, wh: &'a str, state: &'a str, lake: &'a str) ->
     ]
 }
 
+/// The arguments of `stream --sink kinesis` into `stream`.
+pub fn stream_kinesis_args<'a>(
+    stream: &'a str,
+    src: &'a str,
+    state: &'a str,
+    lake: &'a str,
+) -> Vec<&'a str> {
+    vec![
+        "stream",
+        "--sink",
+        "kinesis",
+        "--kinesis-stream",
+        stream,
+        "--source-url",
+        src,
+        "--state-dir",
+        state,
+        "--lake",
+        lake,
+    ]
+}
+
+/// The arguments of `consume` from `stream`, polling idle shards every 100 ms.
+pub fn consume_args<'a>(stream: &'a str, wh: &'a str, lake: &'a str) -> Vec<&'a str> {
+    vec![
+        "consume",
+        "--kinesis-stream",
+        stream,
+        "--warehouse-url",
+        wh,
+        "--lake",
+        lake,
+        "--poll-interval",
+        "100ms",
+    ]
+}
+
 /// Runs the binary to completion; returns (exit status, stdout, stderr).
 pub fn run(args: &[&str], envs: &[(&str, &str)]) -> (ExitStatus, String, String) {
     let out = Command::new(bin())

@@ -332,3 +332,51 @@ pub async fn sync(source: &Client, wh: &Client, timeout: Duration) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// (table, key, lsn, seq) of every fact version in the warehouse.
+pub async fn fact_versions(wh: &Client) -> BTreeSet<(String, i64, String, i64)> {
+    let mut out = BTreeSet::new();
+    for (fact, table, key) in [
+        ("fact_sales_order", "sales_order", "sales_order_id"),
+        ("fact_purchase_order", "purchase_order", "purchase_order_id"),
+        ("fact_payment", "payment", "payment_id"),
+    ] {
+        let rows = wh
+            .query(
+                &format!("SELECT {key}::bigint, source_lsn::text, source_seq::bigint FROM {fact}"),
+                &[],
+            )
+            .await
+            .unwrap();
+        let n = rows.len();
+        for r in rows {
+            out.insert((table.to_string(), r.get(0), r.get(1), r.get(2)));
+        }
+        let distinct = out.iter().filter(|v| v.0 == table).count();
+        assert_eq!(n, distinct, "{fact} holds a version twice");
+    }
+    out
+}
+
+/// The same from the independent capture: every insert and update of the order tables.
+pub fn oracle_versions(events: &[serde_json::Value]) -> BTreeSet<(String, i64, String, i64)> {
+    events
+        .iter()
+        .filter(|e| e["op"] == "c" || e["op"] == "u" || e["op"] == "r")
+        .filter_map(|e| {
+            let table = e["source"]["table"].as_str()?;
+            let key = match table {
+                "sales_order" => "sales_order_id",
+                "purchase_order" => "purchase_order_id",
+                "payment" => "payment_id",
+                _ => return None,
+            };
+            Some((
+                table.to_string(),
+                e["key"][key].as_i64()?,
+                e["source"]["lsn"].as_str()?.to_string(),
+                e["source"]["seq"].as_i64()?,
+            ))
+        })
+        .collect()
+}

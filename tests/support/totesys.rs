@@ -1,6 +1,10 @@
 //! A small totesys source for tests: the shipped schema, reference rows, and order bundles
 //! written the way the real source writes them.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
 use tokio_postgres::Client;
 
 pub const TABLES: [&str; 11] = [
@@ -124,4 +128,46 @@ pub async fn publish(client: &Client) {
         )
         .await
         .expect("publication");
+}
+
+/// Sales, purchases, mark-paid updates, hand edits and deletes until `stop`, surviving
+/// connection loss.
+pub fn spawn_workload(url: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u32> {
+    tokio::spawn(async move {
+        let mut n: i32 = 1000;
+        let mut done = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let Ok((db, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            tokio::spawn(conn);
+            while !stop.load(Ordering::Relaxed) {
+                let sql = match n % 10 {
+                    0..=4 => sale_sql(n),
+                    5..=6 => purchase_sql(n),
+                    7 => "UPDATE payment SET paid = true, last_updated = now()::timestamp(3) \
+                          WHERE payment_id IN (SELECT payment_id FROM payment WHERE NOT paid ORDER BY payment_id LIMIT 3)"
+                        .to_string(),
+                    8 => format!(
+                        "UPDATE staff SET email_address = 'e{n}@terrifictotes.com' WHERE staff_id = {};
+                         UPDATE department SET manager = 'M{n}', location = CASE WHEN location = 'Leeds' THEN 'Leds' ELSE 'Leeds' END WHERE department_id = {};
+                         UPDATE address SET phone = '0161 {n}' WHERE address_id = {}",
+                        n % 20 + 1,
+                        n % 8 + 1,
+                        n % 30 + 1
+                    ),
+                    _ => "DELETE FROM sales_order WHERE sales_order_id = (SELECT min(sales_order_id) FROM sales_order)"
+                        .to_string(),
+                };
+                if db.batch_execute(&sql).await.is_err() {
+                    break;
+                }
+                n += 1;
+                done += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        done
+    })
 }

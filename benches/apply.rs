@@ -7,11 +7,11 @@
 //!
 //! `--write` records the results in BENCHMARKS.md. Run with `make bench`.
 
+mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::PgCluster;
@@ -65,25 +65,6 @@ async fn capture_all(pg: &PgCluster, db: &str, until: Lsn) -> Vec<ChangeEvent> {
     .await
     .expect("capture");
     collector.await.unwrap()
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[i]
-}
-
-fn rss_peak_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 async fn apply_alone(pg: &PgCluster) -> String {
@@ -149,7 +130,7 @@ async fn apply_alone(pg: &PgCluster) -> String {
     format!(
         "| apply alone: {n} events (sale/purchase bundles + mark-paid updates), batches of 10,000 | {:.0} events/s | batch p50 {:.0} ms, max {:.0} ms |\n",
         n as f64 / secs,
-        percentile(&batch_ms, 0.5),
+        common::percentile(&batch_ms, 0.5),
         batch_ms.last().copied().unwrap_or(0.0)
     )
 }
@@ -178,125 +159,29 @@ async fn end_to_end(pg: &PgCluster) -> String {
         .spawn()
         .expect("run");
     let pid = child.id();
-    // Wait for streaming (the slot is active).
-    loop {
-        let active: bool = src
-            .query_opt(
-                "SELECT active FROM pg_replication_slots WHERE slot_name = 'totes_cdc'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .map(|r| r.get(0))
-            .unwrap_or(false);
-        if active {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::wait_streaming(&src).await;
     eprintln!("end to end: {RATE} transactions/s for {LOAD_SECS}s");
-    let committed: Arc<Mutex<Vec<(i32, Instant)>>> = Arc::new(Mutex::new(Vec::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let writers = 4u64;
-    let mut handles = Vec::new();
-    for w in 0..writers {
-        let url = pg.url("live");
-        let committed = committed.clone();
-        handles.push(tokio::spawn(async move {
-            let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
-            tokio::spawn(conn);
-            let interval = Duration::from_micros(1_000_000 * writers / RATE);
-            let start = Instant::now();
-            let total = RATE * LOAD_SECS / writers;
-            for i in 0..total {
-                let due = start + interval * i as u32;
-                tokio::time::sleep_until(due.into()).await;
-                let n = (w * total + i) as i32;
-                let sql = support::totesys::sale_sql(n);
-                db.batch_execute(&sql).await.unwrap();
-                let id: i32 = db
-                    .query_one("SELECT currval(pg_get_serial_sequence('sales_order', 'sales_order_id'))::int", &[])
-                    .await
-                    .unwrap()
-                    .get(0);
-                committed.lock().unwrap().push((id, Instant::now()));
-            }
-        }));
-    }
-    // Watch the warehouse: when each sale becomes visible.
-    let mut seen: Vec<(i32, Instant)> = Vec::new();
-    let mut peak = 0;
-    let watcher_stop = stop.clone();
-    let mut visible_upto = 0;
-    let mut seen_ids = std::collections::HashSet::new();
-    let all_done = async {
-        for h in handles {
-            h.await.unwrap();
-        }
-    };
-    tokio::pin!(all_done);
-    let mut writers_done = false;
-    loop {
-        if !writers_done {
-            tokio::select! {
-                _ = &mut all_done => { writers_done = true; }
-                _ = tokio::time::sleep(Duration::from_millis(10)) => {}
-            }
-        } else {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        // Commits of concurrent writers become visible out of id order: ask for everything
-        // above the highest id below which all were seen.
-        let ids: Vec<i32> = wh
-            .query(
-                "SELECT sales_order_id FROM fact_sales_order WHERE sales_order_id > $1",
-                &[&visible_upto],
-            )
-            .await
-            .unwrap_or_default()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        let now = Instant::now();
-        for id in ids {
-            if seen_ids.insert(id) {
-                seen.push((id, now));
-            }
-        }
-        while seen_ids.contains(&(visible_upto + 1)) {
-            visible_upto += 1;
-        }
-        if let Some(kib) = rss_peak_kib(pid) {
-            peak = peak.max(kib);
-        }
-        let expected = (RATE * LOAD_SECS) as usize;
-        if writers_done && seen.len() >= expected {
-            break;
-        }
-        if watcher_stop.load(Ordering::Relaxed) {
-            break;
-        }
-    }
-    let committed = committed.lock().unwrap().clone();
-    let seen: std::collections::HashMap<i32, Instant> = seen.into_iter().collect();
-    let mut lat: Vec<f64> = committed
-        .iter()
-        .filter_map(|(id, t)| {
-            seen.get(id)
-                .map(|v| v.saturating_duration_since(*t).as_secs_f64() * 1000.0)
-        })
-        .collect();
-    lat.sort_by(|a, b| a.total_cmp(b));
+    let latency = common::sale_latency(
+        &pg.url("live"),
+        &wh,
+        support::totesys::sale_sql,
+        RATE,
+        LOAD_SECS,
+        4,
+        pid,
+    )
+    .await;
+    let lat = latency.ms;
     let _ = child.kill();
     let _ = child.wait();
     format!(
         "| end to end at {RATE} tx/s ({} sale bundles, {} events, lake on local disk), commit → visible in fact_sales_order | p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms | run peak RSS {:.1} MiB |\n",
         lat.len(),
         lat.len() * 3,
-        percentile(&lat, 0.5),
-        percentile(&lat, 0.99),
+        common::percentile(&lat, 0.5),
+        common::percentile(&lat, 0.99),
         lat.last().copied().unwrap_or(f64::NAN),
-        peak as f64 / 1024.0
+        latency.peak_rss_kib as f64 / 1024.0
     )
 }
 
@@ -307,26 +192,15 @@ async fn main() {
     report.push_str(&end_to_end(&pg).await);
     println!("{report}");
     if std::env::args().any(|a| a == "--write") {
-        write_section(&report);
+        common::write_section(
+            "apply",
+            &format!(
+                "## Apply: the warehouse path\n\n\
+                 Source and warehouse are two databases of one PostgreSQL 15 server on the same \
+                 machine as totes-cdc ({} cores). Command: `make bench` (`cargo bench --bench apply \
+                 -- --write`).\n\n| measurement | result | |\n|---|---|---|\n{report}",
+                common::cores()
+            ),
+        );
     }
-}
-
-fn write_section(report: &str) {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/BENCHMARKS.md");
-    let old = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".into());
-    let (begin, finish) = ("<!-- apply:begin -->", "<!-- apply:end -->");
-    let section = format!(
-        "{begin}\n## Apply: the warehouse path\n\n\
-         Source and warehouse are two databases of one PostgreSQL 15 server on the same machine as \
-         totes-cdc ({} cores). Command: `make bench` (`cargo bench --bench apply -- --write`).\n\n\
-         | measurement | result | |\n|---|---|---|\n{report}{finish}",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0)
-    );
-    let new = match (old.find(begin), old.find(finish)) {
-        (Some(b), Some(e)) => format!("{}{section}{}", &old[..b], &old[e + finish.len()..]),
-        _ => format!("{}\n\n{section}\n", old.trim_end()),
-    };
-    let _ = std::fs::write(path, new);
 }

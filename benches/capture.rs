@@ -5,6 +5,7 @@
 //!
 //! Run with `make bench` (or `cargo bench --bench capture`).
 
+mod common;
 #[path = "../tests/support/pg.rs"]
 #[allow(dead_code)]
 mod pg;
@@ -17,17 +18,6 @@ use pg::PgCluster;
 const INSERTS: i64 = 1_000_000;
 const UPDATES: i64 = 500_000;
 const ROWS_PER_TX: i64 = 1_000;
-
-fn rss_peak_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
 
 /// User + system CPU seconds of a live process.
 fn cpu_secs(pid: u32) -> Option<f64> {
@@ -157,7 +147,7 @@ async fn main() {
     let mut peak = 0;
     let mut cpu = 0.0f64;
     let status = loop {
-        if let Some(kib) = rss_peak_kib(pid) {
+        if let Some(kib) = common::rss_peak_kib(pid) {
             peak = peak.max(kib);
         }
         if let Some(c) = cpu_secs(pid) {
@@ -189,35 +179,24 @@ async fn main() {
         events as u64
     );
     if std::env::args().any(|a| a == "--write") {
-        write_section(&report);
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|c| {
+                c.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+            })
+            .unwrap_or_default();
+        common::write_section(
+            "capture",
+            &format!(
+                "## Capture: totes-cdc against pg_recvlogical\n\n\
+                 Same WAL for both (1,000,000 inserts + 500,000 updates of `sales_order`, \
+                 transactions of 1,000 rows), drained in the same run on the same machine ({cpu}, \
+                 {} cores). Command: `make bench` (`cargo bench --bench capture -- --write`).\n\n\
+                 | | throughput | wall time |\n|---|---|---|\n{report}",
+                common::cores()
+            ),
+        );
     }
-}
-
-/// Replaces the capture section of BENCHMARKS.md.
-fn write_section(report: &str) {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/BENCHMARKS.md");
-    let old = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".into());
-    let begin = "<!-- capture:begin -->";
-    let finish = "<!-- capture:end -->";
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_default();
-    let section = format!(
-        "{begin}\n## Capture: totes-cdc against pg_recvlogical\n\n\
-         Same WAL for both (1,000,000 inserts + 500,000 updates of `sales_order`, transactions of 1,000 rows), \
-         drained in the same run on the same machine ({cpu}, {} cores). Command: `make bench` \
-         (`cargo bench --bench capture -- --write`).\n\n\
-         | | throughput | wall time |\n|---|---|---|\n{report}{finish}",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
-    );
-    let new = match (old.find(begin), old.find(finish)) {
-        (Some(b), Some(e)) => format!("{}{section}{}", &old[..b], &old[e + finish.len()..]),
-        _ => format!("{}\n{section}\n", old.trim_end()),
-    };
-    let _ = std::fs::write(path, new);
 }

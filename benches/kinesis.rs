@@ -8,11 +8,11 @@
 //!
 //! `--write` records the results in BENCHMARKS.md. Run with `make bench`.
 
+mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
@@ -23,13 +23,6 @@ const ROWS: i64 = 100_000;
 const RECORD_BYTES: usize = 700;
 const RATE: u64 = 200;
 const LOAD_SECS: u64 = 20;
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
 
 /// Records/s and MB/s of a plain PutRecords loop.
 async fn ceiling(moto: &Moto, concurrency: usize) -> (f64, f64) {
@@ -202,85 +195,26 @@ async fn end_to_end(pg: &PgCluster, moto: &Moto) -> String {
         ],
         &envs(),
     );
-    loop {
-        let active: bool = src
-            .query_opt(
-                "SELECT active FROM pg_replication_slots WHERE slot_name = 'totes_cdc'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .map(|r| r.get(0))
-            .unwrap_or(false);
-        if active {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::wait_streaming(&src).await;
     eprintln!("end to end through Kinesis: {RATE} transactions/s for {LOAD_SECS}s");
-    let committed: Arc<Mutex<Vec<(i32, Instant)>>> = Arc::new(Mutex::new(Vec::new()));
-    let writer = {
-        let committed = committed.clone();
-        let url = src_url.clone();
-        tokio::spawn(async move {
-            let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            tokio::spawn(conn);
-            let interval = Duration::from_micros(1_000_000 / RATE);
-            let start = Instant::now();
-            for i in 0..RATE * LOAD_SECS {
-                tokio::time::sleep_until((start + interval * i as u32).into()).await;
-                db.batch_execute(&support::totesys::sale_sql(i as i32))
-                    .await
-                    .unwrap();
-                let id: i32 = db
-                    .query_one("SELECT currval(pg_get_serial_sequence('sales_order', 'sales_order_id'))::int", &[])
-                    .await
-                    .unwrap()
-                    .get(0);
-                committed.lock().unwrap().push((id, Instant::now()));
-            }
-        })
-    };
-    let mut seen: std::collections::HashMap<i32, Instant> = std::collections::HashMap::new();
-    let mut upto = 0;
-    let deadline = Instant::now() + Duration::from_secs(LOAD_SECS + 120);
-    while (seen.len() as u64) < RATE * LOAD_SECS && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        let rows = wh
-            .query(
-                "SELECT sales_order_id FROM fact_sales_order WHERE sales_order_id > $1",
-                &[&upto],
-            )
-            .await
-            .unwrap_or_default();
-        let now = Instant::now();
-        for r in rows {
-            seen.entry(r.get(0)).or_insert(now);
-        }
-        while seen.contains_key(&(upto + 1)) {
-            upto += 1;
-        }
-    }
-    writer.await.unwrap();
-    let mut lat: Vec<f64> = committed
-        .lock()
-        .unwrap()
-        .iter()
-        .filter_map(|(id, t)| {
-            seen.get(id)
-                .map(|v| v.saturating_duration_since(*t).as_secs_f64() * 1000.0)
-        })
-        .collect();
-    lat.sort_by(|a, b| a.total_cmp(b));
+    let latency = common::sale_latency(
+        &src_url,
+        &wh,
+        support::totesys::sale_sql,
+        RATE,
+        LOAD_SECS,
+        1,
+        consumer.pid(),
+    )
+    .await;
+    let lat = latency.ms;
     drop(streamer);
     drop(consumer);
     format!(
         "| end to end at {RATE} tx/s through Kinesis (moto, 4 shards, 1 consumer; {} sales) | p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms |\n",
         lat.len(),
-        percentile(&lat, 0.5),
-        percentile(&lat, 0.99),
+        common::percentile(&lat, 0.5),
+        common::percentile(&lat, 0.99),
         lat.last().copied().unwrap_or(f64::NAN)
     )
 }
@@ -338,23 +272,16 @@ async fn main() {
     report.push_str(&end_to_end(&pg, &moto).await);
     println!("{report}");
     if std::env::args().any(|a| a == "--write") {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/BENCHMARKS.md");
-        let old = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".into());
-        let (begin, finish) = ("<!-- kinesis:begin -->", "<!-- kinesis:end -->");
-        let section = format!(
-            "{begin}\n## Kinesis: the streaming deployment, against moto\n\n\
-             moto (the AWS emulator, a Python server) runs on the same machine ({} cores); its own \
-             ceiling is measured in the same run with a plain PutRecords loop of the real SDK. \
-             Command: `make bench` (`cargo bench --bench kinesis -- --write`).\n\n\
-             | measurement | result | |\n|---|---|---|\n{report}{finish}",
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(0)
+        common::write_section(
+            "kinesis",
+            &format!(
+                "## Kinesis: the streaming deployment, against moto\n\n\
+                 moto (the AWS emulator, a Python server) runs on the same machine ({} cores); its \
+                 own ceiling is measured in the same run with a plain PutRecords loop of the real \
+                 SDK. Command: `make bench` (`cargo bench --bench kinesis -- --write`).\n\n\
+                 | measurement | result | |\n|---|---|---|\n{report}",
+                common::cores()
+            ),
         );
-        let new = match (old.find(begin), old.find(finish)) {
-            (Some(b), Some(e)) => format!("{}{section}{}", &old[..b], &old[e + finish.len()..]),
-            _ => format!("{}\n\n{section}\n", old.trim_end()),
-        };
-        let _ = std::fs::write(path, new);
     }
 }

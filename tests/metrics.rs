@@ -74,8 +74,7 @@ async fn run_metrics_follow_the_workload_and_lag_follows_apply() {
         .unwrap();
     sync(&src, &wh, WAIT).await;
     assert_star(&src, &wh).await;
-    // 10 sales + 1 update + 1 delete + the sync writes (the watch publishes transaction
-    // counts every few seconds).
+    // 10 sales + 1 update + 1 delete + the sync writes.
     let m = wait_metrics(&addr, "the workload's counters", WAIT, |m| {
         m.sum(
             "totes_cdc_events_total",

@@ -290,9 +290,7 @@ pub async fn run(
             delay.as_secs_f64(),
             streamer.confirmed()
         );
-        stats
-            .reconnects
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        crate::metrics::get().reconnects_total.inc();
         stats
             .streaming
             .store(false, std::sync::atomic::Ordering::Relaxed);

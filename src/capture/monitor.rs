@@ -1,7 +1,7 @@
 //! The slot watch: every few seconds, on its own connection, what the source says about the
 //! slot — lag, retained WAL, safe WAL size, wal_status — into the metrics and `/readyz`, with a
 //! warning in the log when retention passes `slot-max-retained-wal` or wal_status leaves
-//! `reserved`. Also turns the capture counters into Prometheus metrics.
+//! `reserved`. Also publishes the capture's received and confirmed positions and its lag.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -32,7 +32,6 @@ pub async fn run(
 ) {
     let m = crate::metrics::get();
     let mut client: Option<tokio_postgres::Client> = None;
-    let mut last = (0u64, 0u64, 0u64);
     let mut warned_retained = false;
     let mut warned_status = String::from("reserved");
     let mut clock = WalClock::default();
@@ -42,16 +41,6 @@ pub async fn run(
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
-        // Counters from the capture's own tallies.
-        let (tx, hb, rc) = (
-            stats.transactions.load(Ordering::Relaxed),
-            stats.heartbeats.load(Ordering::Relaxed),
-            stats.reconnects.load(Ordering::Relaxed),
-        );
-        m.transactions_total.inc_by(tx.saturating_sub(last.0));
-        m.heartbeats_total.inc_by(hb.saturating_sub(last.1));
-        m.reconnects_total.inc_by(rc.saturating_sub(last.2));
-        last = (tx, hb, rc);
         m.received_lsn
             .set(stats.received_lsn.load(Ordering::Relaxed) as i64);
         m.confirmed_lsn

@@ -23,8 +23,6 @@ pub struct CaptureStats {
     pub events: AtomicU64,
     pub transactions: AtomicU64,
     pub snapshot_rows: AtomicU64,
-    pub heartbeats: AtomicU64,
-    pub reconnects: AtomicU64,
     /// Last WAL position the server reported (XLogData or keepalive).
     pub received_lsn: AtomicU64,
     /// Last LSN confirmed to the server.
@@ -79,7 +77,8 @@ pub struct Streamer {
     pub stats: Arc<CaptureStats>,
     /// (end LSN, commit time) of transactions not yet confirmed, oldest first.
     unconfirmed: VecDeque<(Lsn, i64)>,
-    counters: HashMap<(String, Op), prometheus::IntCounter>,
+    /// events_total by (relation oid, op): no name is formatted per event.
+    counters: HashMap<(u32, Op), prometheus::IntCounter>,
 }
 
 impl Streamer {
@@ -229,6 +228,7 @@ impl Streamer {
                 if let Some(tx) = self.tx.take() {
                     if tx.sent {
                         self.stats.transactions.fetch_add(1, Ordering::Relaxed);
+                        crate::metrics::get().transactions_total.inc();
                         if self.unconfirmed.is_empty() {
                             self.stats
                                 .oldest_unconfirmed_ts_us
@@ -265,7 +265,7 @@ impl Streamer {
             }
             ReplicationEvent::Message { prefix, .. } => {
                 if prefix == super::heartbeat::PREFIX {
-                    self.stats.heartbeats.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::get().heartbeats_total.inc();
                 }
             }
             ReplicationEvent::StoppedAt { .. } => {}
@@ -322,14 +322,11 @@ impl Streamer {
             after,
         };
         self.stats.events.fetch_add(1, Ordering::Relaxed);
-        let counter = self
-            .counters
-            .entry((ev.table.qualified_name(), op))
-            .or_insert_with(|| {
-                crate::metrics::get()
-                    .events_total
-                    .with_label_values(&[&ev.table.qualified_name(), op.code()])
-            });
+        let counter = self.counters.entry((ev.table.oid, op)).or_insert_with(|| {
+            crate::metrics::get()
+                .events_total
+                .with_label_values(&[&ev.table.qualified_name(), op.code()])
+        });
         counter.inc();
         self.send(sink, ItemKind::Change(ev)).await
     }

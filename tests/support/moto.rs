@@ -52,13 +52,7 @@ impl Moto {
             .endpoint_url(self.endpoint())
             .credentials_provider(creds)
             .force_path_style(true)
-            .http_client(
-                aws_smithy_http_client::Builder::new()
-                    .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-                        aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-                    ))
-                    .build_https(),
-            )
+            .http_client(totes_cdc::apply::lake::store::http_client())
             .build();
         aws_sdk_s3::Client::from_conf(conf)
     }
@@ -85,13 +79,7 @@ impl Moto {
             .region(aws_sdk_kinesis::config::Region::new("us-east-1"))
             .endpoint_url(self.endpoint())
             .credentials_provider(creds)
-            .http_client(
-                aws_smithy_http_client::Builder::new()
-                    .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-                        aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-                    ))
-                    .build_https(),
-            )
+            .http_client(totes_cdc::apply::lake::store::http_client())
             .build();
         aws_sdk_kinesis::Client::from_conf(conf)
     }

@@ -63,16 +63,19 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// The AWS SDK configuration from the standard environment and files, with an HTTP client on
-/// rustls/ring (the one TLS stack of this binary).
-pub async fn aws_config() -> aws_config::SdkConfig {
-    let http = aws_smithy_http_client::Builder::new()
+/// The AWS SDK's HTTP client on rustls/ring (the one TLS stack of this binary).
+pub fn http_client() -> aws_sdk_s3::config::SharedHttpClient {
+    aws_smithy_http_client::Builder::new()
         .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
             aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
         ))
-        .build_https();
+        .build_https()
+}
+
+/// The AWS SDK configuration from the standard environment and files, with `http_client`.
+pub async fn aws_config() -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .http_client(http)
+        .http_client(http_client())
         .load()
         .await
 }

@@ -69,7 +69,7 @@ async fn kill_9_at_random_moments_loses_and_doubles_nothing() {
     drop(first);
 
     let stop = Arc::new(AtomicBool::new(false));
-    let workload = totesys::spawn_workload(src_url.clone(), stop.clone());
+    let workload = totesys::spawn_workload(src_url.clone(), stop.clone(), Duration::from_millis(5));
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)

@@ -130,9 +130,13 @@ pub async fn publish(client: &Client) {
         .expect("publication");
 }
 
-/// Sales, purchases, mark-paid updates, hand edits and deletes until `stop`, surviving
-/// connection loss.
-pub fn spawn_workload(url: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u32> {
+/// Sales, purchases, mark-paid updates, hand edits and deletes until `stop`, one source
+/// transaction every `pace`, surviving connection loss; returns how many were written.
+pub fn spawn_workload(
+    url: String,
+    stop: Arc<AtomicBool>,
+    pace: Duration,
+) -> tokio::task::JoinHandle<u32> {
     tokio::spawn(async move {
         let mut n: i32 = 1000;
         let mut done = 0;
@@ -165,7 +169,7 @@ pub fn spawn_workload(url: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHa
                 }
                 n += 1;
                 done += 1;
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                tokio::time::sleep(pace).await;
             }
         }
         done

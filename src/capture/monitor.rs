@@ -41,10 +41,15 @@ pub async fn run(
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
-        m.received_lsn
-            .set(stats.received_lsn.load(Ordering::Relaxed) as i64);
-        m.confirmed_lsn
-            .set(stats.confirmed_lsn.load(Ordering::Relaxed) as i64);
+        // Confirmed first: what was confirmed had been received, also if a commit lands
+        // between the two reads.
+        let confirmed_here = stats.confirmed_lsn.load(Ordering::Relaxed);
+        let received = stats
+            .received_lsn
+            .load(Ordering::Relaxed)
+            .max(confirmed_here);
+        m.confirmed_lsn.set(confirmed_here as i64);
+        m.received_lsn.set(received as i64);
         // Lag in seconds: the oldest change waiting in the pipeline, or, when none reached
         // it, how long ago the source's WAL passed the confirmed position.
         let now = crate::event::now_us();
@@ -54,7 +59,6 @@ pub async fn run(
         } else {
             0.0
         };
-        let confirmed_here = stats.confirmed_lsn.load(Ordering::Relaxed);
         m.replication_lag_seconds
             .set(waiting.max(clock.lag_seconds(confirmed_here, now)));
         let streaming = stats.streaming.load(Ordering::Relaxed);

@@ -779,30 +779,31 @@ async fn write_lake(
         )
         .await
         .map_err(|e| err("recording the lake's pending files", e))?;
-    for f in files {
-        store.put(&f.path, f.data.clone()).await?;
-    }
+    // The files of a batch are independent: upload (or write and fsync) them at once.
+    futures_util::future::try_join_all(files.iter().map(|f| store.put(&f.path, f.data.clone())))
+        .await?;
     crate::fault::point("after-lake-write");
-    for f in files {
-        tx.execute(
-            "INSERT INTO totes_cdc.lake_files (path, kind, table_name, first_lsn, first_seq, last_lsn, last_seq, rows, bytes) \
-             VALUES ($1, $2, $3, $4::text::pg_lsn, $5, $6::text::pg_lsn, $7, $8, $9) \
-             ON CONFLICT (path) DO UPDATE SET rows = EXCLUDED.rows, bytes = EXCLUDED.bytes, committed_at = now()",
-            &[
-                &f.path,
-                &f.kind,
-                &f.table,
-                &f.first.lsn.to_string(),
-                &f.first.seq,
-                &f.last.lsn.to_string(),
-                &f.last.seq,
-                &(f.rows as i32),
-                &(f.data.len() as i64),
-            ],
-        )
-        .await
-        .map_err(|e| err("recording a lake file", e))?;
-    }
+    // The manifest rows in one statement, column by column.
+    let kinds: Vec<&str> = files.iter().map(|f| f.kind).collect();
+    let tables: Vec<&str> = files.iter().map(|f| f.table.as_str()).collect();
+    let first_lsns: Vec<String> = files.iter().map(|f| f.first.lsn.to_string()).collect();
+    let first_seqs: Vec<i32> = files.iter().map(|f| f.first.seq).collect();
+    let last_lsns: Vec<String> = files.iter().map(|f| f.last.lsn.to_string()).collect();
+    let last_seqs: Vec<i32> = files.iter().map(|f| f.last.seq).collect();
+    let rows: Vec<i32> = files.iter().map(|f| f.rows as i32).collect();
+    let bytes: Vec<i64> = files.iter().map(|f| f.data.len() as i64).collect();
+    tx.execute(
+        "INSERT INTO totes_cdc.lake_files (path, kind, table_name, first_lsn, first_seq, last_lsn, last_seq, rows, bytes) \
+         SELECT p, k, t, fl::pg_lsn, fs, ll::pg_lsn, ls, r, b \
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[], $7::int[], $8::int[], $9::bigint[]) \
+              AS u(p, k, t, fl, fs, ll, ls, r, b) \
+         ON CONFLICT (path) DO UPDATE SET rows = EXCLUDED.rows, bytes = EXCLUDED.bytes, committed_at = now()",
+        &[
+            &paths, &kinds, &tables, &first_lsns, &first_seqs, &last_lsns, &last_seqs, &rows, &bytes,
+        ],
+    )
+    .await
+    .map_err(|e| err("recording the lake files", e))?;
     tx.execute(
         "DELETE FROM totes_cdc.lake_pending WHERE path = ANY($1::text[])",
         &[&paths],

@@ -159,7 +159,7 @@ async fn end_to_end(pg: &PgCluster) -> String {
         .spawn()
         .expect("run");
     let pid = child.id();
-    common::wait_streaming(&src).await;
+    common::wait_streaming(&src, &wh).await;
     eprintln!("end to end: {RATE} transactions/s for {LOAD_SECS}s");
     let latency = common::sale_latency(
         &pg.url("live"),

@@ -195,7 +195,7 @@ async fn end_to_end(pg: &PgCluster, moto: &Moto) -> String {
         ],
         &envs(),
     );
-    common::wait_streaming(&src).await;
+    common::wait_streaming(&src, &wh).await;
     eprintln!("end to end through Kinesis: {RATE} transactions/s for {LOAD_SECS}s");
     let latency = common::sale_latency(
         &src_url,

@@ -28,8 +28,10 @@ pub fn rss_peak_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
-/// Waits until the slot `totes_cdc` is held by a streaming session.
-pub async fn wait_streaming(src: &Client) {
+/// Waits until the pipeline applies streamed changes: the slot is held by a streaming session
+/// and a probe design inserted at the source has reached the warehouse's `dim_design`. Measuring
+/// before that would count the initial snapshot's apply as latency of the first transactions.
+pub async fn wait_streaming(src: &Client, wh: &Client) {
     loop {
         let active: bool = src
             .query_opt(
@@ -41,9 +43,35 @@ pub async fn wait_streaming(src: &Client) {
             .map(|r| r.get(0))
             .unwrap_or(false);
         if active {
-            return;
+            break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let probe: i32 = src
+        .query_one(
+            "INSERT INTO design (design_name, file_location, file_name, last_updated) \
+             VALUES ('bench probe', '/probe', 'probe.json', now()) RETURNING design_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let seen = wh
+            .query_opt("SELECT 1 FROM dim_design WHERE design_id = $1", &[&probe])
+            .await
+            .ok()
+            .flatten()
+            .is_some();
+        if seen {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the probe design never reached the warehouse"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

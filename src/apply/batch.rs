@@ -1,5 +1,7 @@
 //! Micro-batches: events are grouped until `max_events` events or `max_wait` after the first
-//! item, whichever comes first. A batch is never empty and never waits longer.
+//! item arrived, whichever comes first. A batch is never empty and never waits longer: the wait
+//! counts from the first item's arrival, so time it spent queued behind the previous batch's
+//! apply is not waited again.
 
 use std::time::Duration;
 
@@ -89,8 +91,8 @@ pub async fn next_batch(
         batch.push(item);
     };
     let first = rx.recv().await?;
+    let deadline = limits.max_wait.map(|w| first.sent_at + w);
     add(&mut batch, first);
-    let deadline = limits.max_wait.map(|w| tokio::time::Instant::now() + w);
     while batch.events.len() < limits.max_events {
         // Take what is already queued without waiting.
         match rx.try_recv() {
@@ -114,4 +116,47 @@ pub async fn next_batch(
         }
     }
     Some(batch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn commit(seqno: u64, sent_at: tokio::time::Instant) -> Item {
+        Item {
+            seqno,
+            kind: ItemKind::Commit {
+                lsn: Lsn(seqno),
+                end_lsn: Lsn(seqno),
+                commit_ts_us: 0,
+            },
+            sent_at,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_wait_counts_from_the_first_items_arrival() {
+        let (tx, mut rx) = mpsc::channel(8);
+        // The first item has been queued for 2 s (the previous batch was being applied): its
+        // 1 s wait is over, so the batch closes with what is queued and does not wait for the
+        // item sent half a second later.
+        let now = tokio::time::Instant::now();
+        tx.send(commit(1, now - Duration::from_secs(2)))
+            .await
+            .unwrap();
+        let late = tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let _ = late.send(commit(2, tokio::time::Instant::now())).await;
+        });
+        let limits = Limits {
+            max_events: 10,
+            max_wait: Some(Duration::from_secs(1)),
+        };
+        let batch = next_batch(&mut rx, limits, |_| false).await.unwrap();
+        assert_eq!((batch.items, batch.last_seqno), (1, 1));
+        // A fresh item waits its full second and takes what arrives meanwhile.
+        let batch = next_batch(&mut rx, limits, |_| false).await.unwrap();
+        assert_eq!(batch.last_seqno, 2);
+    }
 }

@@ -26,6 +26,9 @@ pub enum ItemKind {
 pub struct Item {
     pub seqno: u64,
     pub kind: ItemKind,
+    /// When the capture handed it over: a batch's wait counts from its first item's arrival,
+    /// not from when the apply side got round to taking it.
+    pub sent_at: tokio::time::Instant,
 }
 
 /// The sink has stopped taking items.
@@ -46,7 +49,11 @@ impl SinkSender {
     pub async fn send(&mut self, kind: ItemKind) -> Result<u64, SinkClosed> {
         let seqno = self.next;
         self.tx
-            .send(Item { seqno, kind })
+            .send(Item {
+                seqno,
+                kind,
+                sent_at: tokio::time::Instant::now(),
+            })
             .await
             .map_err(|_| SinkClosed)?;
         self.next += 1;

@@ -542,6 +542,8 @@ impl Warehouse {
                 ..Default::default()
             });
         }
+        // Where a batch spends its time, for `--log totes_cdc::apply=debug`.
+        let mut phases = Phases::start();
         let writer = batch
             .shard
             .as_ref()
@@ -551,6 +553,7 @@ impl Warehouse {
         } else {
             Vec::new()
         };
+        phases.mark("lake_encode");
         let groups = group_by_table(&events);
         let mirrors = self.mirrors.clone();
         let star_columns = self.star_columns.clone();
@@ -593,6 +596,7 @@ impl Warehouse {
             }
             merge_into_staging(&tx, mirror, events, &url).await?;
         }
+        phases.mark("staging");
         if model == Model::Totesys && !events.is_empty() {
             // Consumers of different shards apply at once; a dimension joining rows that
             // arrive through different shards (staff and department) must see the other
@@ -609,6 +613,7 @@ impl Warehouse {
                 .await
                 .map_err(|e| err("refreshing the star schema", e))?;
         }
+        phases.mark("star");
         if let (Some(store), Some(pending), false) = (&store, pending, events.is_empty()) {
             let mut files = changes;
             let first = events.iter().map(|e| e.position).min().unwrap_or_default();
@@ -638,7 +643,9 @@ impl Warehouse {
                     );
                 }
             }
+            phases.mark("lake_encode");
             write_lake(store, pending, &tx, &files, events.len(), &writer, &url).await?;
+            phases.mark("lake_write");
             applied.lake_files = files.len();
             applied.lake_bytes = files.iter().map(|f| f.data.len()).sum();
             for f in files
@@ -705,9 +712,12 @@ impl Warehouse {
             .await
             .map_err(|e| err("recording the checkpoint", e))?;
         }
+        phases.mark("checkpoint");
         tx.commit()
             .await
             .map_err(|e| err("committing the batch", e))?;
+        phases.mark("commit");
+        tracing::debug!(events = events.len(), phases = %phases, "batch phases");
         for (table, last) in hwm_updates {
             let hwm = self.lake_hwm.entry(table).or_default();
             *hwm = (*hwm).max(last);
@@ -716,6 +726,42 @@ impl Warehouse {
             self.remove_orphans().await?;
         }
         Ok(applied)
+    }
+}
+
+/// Milliseconds spent per phase of a batch, summed by name.
+struct Phases {
+    last: std::time::Instant,
+    spent: Vec<(&'static str, f64)>,
+}
+
+impl Phases {
+    fn start() -> Self {
+        Phases {
+            last: std::time::Instant::now(),
+            spent: Vec::new(),
+        }
+    }
+
+    /// Charges the time since the previous mark to `name`.
+    fn mark(&mut self, name: &'static str) {
+        let now = std::time::Instant::now();
+        let ms = (now - self.last).as_secs_f64() * 1000.0;
+        self.last = now;
+        match self.spent.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, total)) => *total += ms,
+            None => self.spent.push((name, ms)),
+        }
+    }
+}
+
+impl std::fmt::Display for Phases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (name, ms)) in self.spent.iter().enumerate() {
+            let sep = if i == 0 { "" } else { " " };
+            write!(f, "{sep}{name}={ms:.1}ms")?;
+        }
+        Ok(())
     }
 }
 

@@ -64,6 +64,22 @@ pub enum Command {
     Consume(ConsumeArgs),
     /// Recover from an invalidated slot: drop it so the next start copies everything again.
     Resync(ResyncArgs),
+    /// Apply the lake's history again from a stored LSN: rebuild or repair the warehouse.
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub warehouse: WarehouseArgs,
+
+    /// Replay the changes committed at or after this LSN (default: the whole lake).
+    #[arg(long, env = "TOTES_CDC_FROM_LSN", value_parser = parse_lsn)]
+    pub from_lsn: Option<crate::event::Lsn>,
+
+    /// ...and at or before this one (default: everything the lake holds).
+    #[arg(long, env = "TOTES_CDC_TO_LSN", value_parser = parse_lsn)]
+    pub to_lsn: Option<crate::event::Lsn>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -48,6 +48,7 @@ fn main() -> ExitCode {
             Command::Generate(args) => totes_cdc::commands::generate::run(args, shutdown).await,
             Command::Consume(args) => totes_cdc::commands::consume::run(args, shutdown).await,
             Command::Resync(args) => totes_cdc::commands::resync::run(args).await,
+            Command::Replay(args) => totes_cdc::commands::replay::run(args).await,
         }
     });
     match result {

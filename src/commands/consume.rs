@@ -28,22 +28,7 @@ pub async fn run(args: ConsumeArgs, shutdown: watch::Receiver<bool>) -> Result<(
     let (client, region) = kinesis::client().await;
     let stream = args.kinesis.kinesis_stream.clone();
     kinesis::check_stream(&client, &stream, &region).await?;
-    let control = url.connect().await?;
-    let mirrors: i64 = control
-        .query_one(
-            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE n.nspname = 'staging' AND c.relkind = 'r'",
-            &[],
-        )
-        .await
-        .map_err(|e| url.query_error("looking for the staging mirrors", e))?
-        .get(0);
-    if mirrors == 0 {
-        anyhow::bail!(
-            "the warehouse at {} has no staging tables: run `totes-cdc setup --source-url <source> --warehouse-url <warehouse>` first",
-            url.target()
-        );
-    }
+    super::require_staging(&url).await?;
     let mut wh = Warehouse::new(
         url.clone(),
         &args.warehouse.warehouse_schema,

@@ -120,7 +120,7 @@ pub fn parse_utc_micros(s: &str) -> Result<i64, String> {
 }
 
 /// A JSON value back in PostgreSQL's text input form.
-fn pg_text(kind: &ValueKind, v: &Value) -> Result<Option<String>, String> {
+pub fn pg_text(kind: &ValueKind, v: &Value) -> Result<Option<String>, String> {
     Ok(Some(match (kind, v) {
         (_, Value::Null) => return Ok(None),
         (ValueKind::Bool, Value::Bool(b)) => if *b { "t" } else { "f" }.to_string(),

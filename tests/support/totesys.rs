@@ -119,6 +119,26 @@ COMMIT;
     )
 }
 
+/// Sales (with a purchase every third) numbered `from..to`, then in one go: mark-paid updates,
+/// hand edits of a staff member and a department that do not touch last_updated, and the delete
+/// of the oldest order.
+pub async fn bundles_and_edits(src: &Client, from: i32, to: i32) {
+    for n in from..to {
+        sale(src, n).await;
+        if n % 3 == 0 {
+            purchase(src, n).await;
+        }
+    }
+    src.batch_execute(&format!(
+        "UPDATE payment SET paid = true, last_updated = now()::timestamp(3) WHERE payment_id % 4 = 0 AND NOT paid;
+         UPDATE staff SET email_address = 'x{from}@terrifictotes.com' WHERE staff_id = 2;
+         UPDATE department SET location = 'L{from}' WHERE department_id = 1;
+         DELETE FROM sales_order WHERE sales_order_id = (SELECT min(sales_order_id) FROM sales_order);"
+    ))
+    .await
+    .unwrap();
+}
+
 /// Creates the publication for the totesys tables.
 pub async fn publish(client: &Client) {
     client

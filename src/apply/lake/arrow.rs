@@ -16,6 +16,12 @@ use arrow_schema::{DataType, TimeUnit};
 use crate::event::json::{decode_bytea_hex, write_value};
 use crate::event::ValueKind;
 
+/// ±infinity of a date in the lake: ±i32::MAX days, as DuckDB spells them (PostgreSQL's own are
+/// the same magnitudes), so readers see infinity and `replay` gives the value back.
+pub const DATE_INFINITY: i32 = i32::MAX;
+/// ±infinity of a timestamp in the lake: ±i64::MAX µs, as DuckDB spells them.
+pub const TIMESTAMP_INFINITY: i64 = i64::MAX;
+
 /// How one column's text values become an Arrow array.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Conv {
@@ -97,8 +103,8 @@ fn parse<T: std::str::FromStr>(v: &[u8]) -> Result<T, String> {
     s.parse::<T>().map_err(|_| format!("'{s}' is not a number"))
 }
 
-/// Builds one column. `None` is NULL; values Arrow cannot hold (±infinity dates and
-/// timestamps, numeric NaN in a decimal column) become NULL too.
+/// Builds one column. `None` is NULL; ±infinity dates and timestamps become the infinity
+/// sentinels above; numeric NaN in a decimal column, which Decimal128 cannot hold, becomes NULL.
 pub fn build(c: &Conv, values: &[Option<&[u8]>]) -> Result<ArrayRef, String> {
     macro_rules! prim {
         ($builder:ty, $f:expr) => {{
@@ -236,10 +242,12 @@ fn num(s: &str) -> Result<i64, String> {
         .map_err(|_| format!("'{s}' is not a number"))
 }
 
-/// `YYYY-MM-DD[ BC]` → days since the epoch; infinities have no Arrow form.
+/// `YYYY-MM-DD[ BC]` → days since the epoch; infinities as ±DATE_INFINITY.
 fn parse_date(s: &str) -> Result<Option<i32>, String> {
-    if s == "infinity" || s == "-infinity" {
-        return Ok(None);
+    match s {
+        "infinity" => return Ok(Some(DATE_INFINITY)),
+        "-infinity" => return Ok(Some(-DATE_INFINITY)),
+        _ => {}
     }
     let (s, bc) = match s.strip_suffix(" BC") {
         Some(r) => (r, true),
@@ -275,8 +283,10 @@ fn parse_time(s: &str) -> Result<i64, String> {
 
 /// `YYYY-MM-DD HH:MM:SS[.ffffff][+HH[:MM[:SS]]]` → microseconds since the epoch (UTC).
 fn parse_timestamp(s: &str, with_zone: bool) -> Result<Option<i64>, String> {
-    if s == "infinity" || s == "-infinity" {
-        return Ok(None);
+    match s {
+        "infinity" => return Ok(Some(TIMESTAMP_INFINITY)),
+        "-infinity" => return Ok(Some(-TIMESTAMP_INFINITY)),
+        _ => {}
     }
     let (date, rest) = s
         .split_once(' ')
@@ -344,7 +354,11 @@ mod tests {
     fn parses_text_forms() {
         assert_eq!(parse_date("1970-01-02").unwrap(), Some(1));
         assert_eq!(parse_date("2024-11-15").unwrap(), Some(20_042));
-        assert_eq!(parse_date("infinity").unwrap(), None);
+        assert_eq!(parse_date("infinity").unwrap(), Some(DATE_INFINITY));
+        assert_eq!(
+            parse_timestamp("-infinity", true).unwrap(),
+            Some(-TIMESTAMP_INFINITY)
+        );
         assert_eq!(parse_time("14:40:10.188").unwrap(), 52_810_188_000);
         assert_eq!(
             parse_timestamp("1970-01-01 00:00:01.5", false).unwrap(),

@@ -12,6 +12,7 @@
 //! listed in `totes_cdc.lake_pending` and removed on the next start.
 
 pub mod arrow;
+pub mod read;
 pub mod store;
 
 use std::collections::BTreeMap;

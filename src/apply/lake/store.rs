@@ -225,6 +225,91 @@ impl Store {
         }
     }
 
+    /// The paths (relative to the lake root) of every object under `prefix`, for reading the
+    /// lake back. Unfinished local writes (`*.tmp`) are left out.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        match self {
+            Store::Local(root) => {
+                let root = root.clone();
+                let prefix = prefix.to_string();
+                tokio::task::spawn_blocking(move || list_local(&root, &prefix))
+                    .await
+                    .map_err(|e| StoreError::Local {
+                        path: root_display(),
+                        source: std::io::Error::other(e),
+                    })?
+            }
+            Store::S3 {
+                client,
+                bucket,
+                prefix: root,
+            } => {
+                let under = Self::key(root, prefix);
+                let strip = if root.is_empty() {
+                    String::new()
+                } else {
+                    format!("{root}/")
+                };
+                let mut pages = client
+                    .list_objects_v2()
+                    .bucket(bucket)
+                    .prefix(&under)
+                    .into_paginator()
+                    .send();
+                let mut paths = Vec::new();
+                while let Some(page) = pages.next().await {
+                    let page = page.map_err(|e| Self::s3_error(e, bucket, &under))?;
+                    for obj in page.contents() {
+                        if let Some(key) = obj.key() {
+                            paths.push(key.strip_prefix(&strip).unwrap_or(key).to_string());
+                        }
+                    }
+                }
+                Ok(paths)
+            }
+        }
+    }
+
+    /// Reads the object at `path` (relative to the lake root).
+    pub async fn get(&self, path: &str) -> Result<Bytes, StoreError> {
+        match self {
+            Store::Local(root) => {
+                let full = root.join(path);
+                tokio::fs::read(&full)
+                    .await
+                    .map(Bytes::from)
+                    .map_err(|e| StoreError::Local {
+                        path: full.display().to_string(),
+                        source: e,
+                    })
+            }
+            Store::S3 {
+                client,
+                bucket,
+                prefix,
+            } => {
+                let key = Self::key(prefix, path);
+                let out = client
+                    .get_object()
+                    .bucket(bucket)
+                    .key(&key)
+                    .send()
+                    .await
+                    .map_err(|e| Self::s3_error(e, bucket, &key))?;
+                let body = out
+                    .body
+                    .collect()
+                    .await
+                    .map_err(|e| StoreError::Transient {
+                        bucket: bucket.clone(),
+                        key: key.clone(),
+                        message: e.to_string(),
+                    })?;
+                Ok(body.into_bytes())
+            }
+        }
+    }
+
     /// Removes `path`; a path that is not there is fine.
     pub async fn delete(&self, path: &str) -> Result<(), StoreError> {
         match self {
@@ -256,6 +341,43 @@ impl Store {
 
 fn root_display() -> String {
     "lake".into()
+}
+
+fn list_local(root: &Path, prefix: &str) -> Result<Vec<String>, StoreError> {
+    let mut paths = Vec::new();
+    let mut dirs = vec![root.join(prefix)];
+    while let Some(dir) = dirs.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                return Err(StoreError::Local {
+                    path: dir.display().to_string(),
+                    source: e,
+                })
+            }
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| StoreError::Local {
+                path: dir.display().to_string(),
+                source: e,
+            })?;
+            let path = entry.path();
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                dirs.push(path);
+            } else if path.extension().is_none_or(|x| x != "tmp") {
+                if let Ok(rel) = path.strip_prefix(root) {
+                    let parts: Vec<String> = rel
+                        .components()
+                        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                        .collect();
+                    paths.push(parts.join("/"));
+                }
+            }
+        }
+    }
+    paths.sort();
+    Ok(paths)
 }
 
 fn write_local(root: &Path, path: &str, data: &[u8]) -> Result<(), StoreError> {

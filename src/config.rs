@@ -472,6 +472,24 @@ fn read_file(path: &PathBuf) -> Result<BTreeMap<String, String>, String> {
 }
 
 /// Parses the command line with the environment and the config file behind it.
+/// Every environment variable an option of some role reads (`TOTES_CDC_*`), for checking
+/// deployment manifests against the binary.
+pub fn env_names() -> std::collections::BTreeSet<String> {
+    fn walk(cmd: &clap::Command, out: &mut std::collections::BTreeSet<String>) {
+        for arg in cmd.get_arguments() {
+            if let Some(env) = arg.get_env() {
+                out.insert(env.to_string_lossy().into_owned());
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            walk(sub, out);
+        }
+    }
+    let mut out = std::collections::BTreeSet::new();
+    walk(&Cli::command(), &mut out);
+    out
+}
+
 pub fn parse_from(args: Vec<OsString>) -> Result<Cli, clap::Error> {
     let mut cmd = Cli::command();
     if let Some(path) = config_path(&args) {

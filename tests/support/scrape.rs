@@ -21,6 +21,12 @@ pub fn metrics_addr(proc: &Proc) -> String {
         .lines()
         .find(|l| l.contains("serving /metrics"))
         .unwrap_or_default();
+    // Text logs say addr=..., JSON logs "addr":"...".
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+        if let Some(a) = v["fields"]["addr"].as_str().or(v["addr"].as_str()) {
+            return a.to_string();
+        }
+    }
     line.split_whitespace()
         .find_map(|w| w.strip_prefix("addr="))
         .unwrap_or_else(|| panic!("no addr= in {line:?}"))

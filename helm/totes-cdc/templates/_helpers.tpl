@@ -1,0 +1,79 @@
+{{/* The chart's name. */}}
+{{- define "totes-cdc.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Release-qualified name: the release name when it already holds the chart name. */}}
+{{- define "totes-cdc.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "totes-cdc.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "totes-cdc.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "totes-cdc.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "totes-cdc.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "totes-cdc.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{- define "totes-cdc.captureServiceAccount" -}}
+{{- if .Values.capture.serviceAccount.create -}}
+{{- default (printf "%s-capture" (include "totes-cdc.fullname" .)) .Values.capture.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.capture.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "totes-cdc.consumeServiceAccount" -}}
+{{- if .Values.consume.serviceAccount.create -}}
+{{- default (printf "%s-consume" (include "totes-cdc.fullname" .)) .Values.consume.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.consume.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The options every role reads: each config key as its TOTES_CDC_* variable, the URLs from
+     the Secret, the metrics address and the AWS region. */}}
+{{- define "totes-cdc.env" -}}
+- name: TOTES_CDC_SOURCE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.urls.secretName }}
+      key: {{ .Values.urls.sourceUrlKey }}
+- name: TOTES_CDC_WAREHOUSE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.urls.secretName }}
+      key: {{ .Values.urls.warehouseUrlKey }}
+- name: TOTES_CDC_METRICS_ADDR
+  value: {{ printf "0.0.0.0:%v" .Values.metrics.port | quote }}
+- name: AWS_REGION
+  value: {{ .Values.aws.region | quote }}
+{{- range $key, $value := .Values.config }}
+- name: {{ printf "TOTES_CDC_%s" ($key | upper | replace "-" "_") }}
+  value: {{ if kindIs "slice" $value }}{{ join "," $value | quote }}{{ else }}{{ $value | toString | quote }}{{ end }}
+{{- end }}
+{{- end -}}
+
+{{- define "totes-cdc.probes" -}}
+livenessProbe:
+  httpGet: {path: /healthz, port: metrics}
+  periodSeconds: 10
+  failureThreshold: 6
+readinessProbe:
+  httpGet: {path: /readyz, port: metrics}
+  periodSeconds: 10
+  failureThreshold: 3
+{{- end -}}

@@ -1,0 +1,362 @@
+//! The Helm chart (helm/totes-cdc). It is rendered with Go's text/template and the sprig
+//! functions, the engine Helm itself uses (tests/support/chart_render), and every manifest is
+//! validated against the Kubernetes 1.30 schemas, unknown fields included (kubernetes-validate).
+//! Then the pods are run as the manifests describe them — the container's args and environment,
+//! with only the Secret's URLs, the state volume and the AWS endpoint filled in — against real
+//! PostgreSQL and moto: the setup hook prepares the source, and both deployment modes move the
+//! source into the warehouse.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::moto::Moto;
+use support::scrape::{metrics_addr, wait_ready};
+use support::star::wait_star;
+use support::{totesys, PgCluster, Proc};
+
+const WAIT: Duration = Duration::from_secs(120);
+const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/helm/totes-cdc");
+
+/// The renderer, built once per test binary from Debian's Go and sprig packages.
+fn renderer() -> &'static PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        let out = tmp.join("chart_render");
+        let status = Command::new("go")
+            .args(["build", "-o"])
+            .arg(&out)
+            .arg(".")
+            .current_dir(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/support/chart_render"
+            ))
+            .env("GO111MODULE", "off")
+            .env("GOPATH", "/usr/share/gocode")
+            .env("GOCACHE", tmp.join("gocache"))
+            .status()
+            .expect("go not found: install golang-go and golang-github-masterminds-sprig-dev (make test does)");
+        assert!(status.success(), "building the chart renderer failed");
+        out
+    })
+}
+
+/// Renders the chart with `values` (YAML) over values.yaml; the manifests as JSON, each
+/// validated, or the renderer's error.
+fn render(values: &str) -> Result<Vec<Value>, String> {
+    let dir = support::temp_dir("chart");
+    let file = dir.join("values.yaml");
+    std::fs::write(&file, values).expect("values file");
+    let out = Command::new(renderer())
+        .arg(CHART)
+        .arg(&file)
+        .output()
+        .expect("chart_render");
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let mut check = Command::new("python3")
+        .args([
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/check_chart.py"),
+            "1.30",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    {
+        use std::io::Write;
+        let mut stdin = check.stdin.take().expect("stdin");
+        stdin.write_all(&out.stdout).expect("write manifests");
+    }
+    let checked = check.wait_with_output().expect("check_chart.py");
+    assert!(
+        checked.status.success(),
+        "the rendered manifests are not valid Kubernetes objects:\n{}\n{}",
+        String::from_utf8_lossy(&checked.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    Ok(serde_json::from_slice::<Vec<Value>>(&checked.stdout).expect("manifests as JSON"))
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+fn kinds(docs: &[Value]) -> Vec<String> {
+    let mut k: Vec<String> = docs
+        .iter()
+        .map(|d| {
+            format!(
+                "{}/{}",
+                d["kind"].as_str().unwrap(),
+                d["metadata"]["name"].as_str().unwrap()
+            )
+        })
+        .collect();
+    k.sort();
+    k
+}
+
+fn container(workload: &Value) -> &Value {
+    &workload["spec"]["template"]["spec"]["containers"][0]
+}
+
+fn args(c: &Value) -> Vec<String> {
+    c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Every TOTES_CDC_* variable the container sets is one the binary reads; the URLs come from
+/// the Secret, never inline.
+fn check_env(c: &Value) {
+    let known = totes_cdc::config::env_names();
+    for e in c["env"].as_array().unwrap() {
+        let name = e["name"].as_str().unwrap();
+        if name.starts_with("TOTES_CDC_") {
+            assert!(
+                known.contains(name),
+                "{name} is not an option of the binary"
+            );
+        }
+        if name.ends_with("_URL") && name != "AWS_ENDPOINT_URL" {
+            assert!(
+                e["valueFrom"]["secretKeyRef"].is_object(),
+                "{name} must come from the Secret"
+            );
+        }
+    }
+}
+
+/// The probes ask the endpoints the binary serves, on the port it listens on.
+fn check_probes(c: &Value) {
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["ports"][0]["name"], "metrics");
+    assert_eq!(c["livenessProbe"]["httpGet"]["port"], "metrics");
+}
+
+#[test]
+fn the_chart_renders_valid_manifests_for_both_modes() {
+    // Embedded (the default): one `run` pod with its state volume, the setup hook.
+    let docs = render("{}").unwrap();
+    assert_eq!(
+        kinds(&docs),
+        [
+            "Job/totes-cdc-setup",
+            "Service/totes-cdc-capture",
+            "ServiceAccount/totes-cdc-capture",
+            "StatefulSet/totes-cdc-capture"
+        ]
+    );
+    let sts = find(&docs, "StatefulSet", "totes-cdc-capture");
+    assert_eq!(sts["spec"]["replicas"], 1, "one session holds the slot");
+    assert_eq!(
+        sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"],
+        "state"
+    );
+    let run = container(sts);
+    assert_eq!(args(run), ["run"]);
+    check_env(run);
+    check_probes(run);
+    let job = find(&docs, "Job", "totes-cdc-setup");
+    assert_eq!(
+        job["metadata"]["annotations"]["helm.sh/hook"],
+        "pre-install,pre-upgrade"
+    );
+    assert_eq!(args(container(job)), ["setup"]);
+    check_env(container(job));
+
+    // Streaming: the streamer, three consumers with their budget, monitoring.
+    let docs = render(
+        "mode: streaming\n\
+         consume: {replicas: 3}\n\
+         capture: {serviceAccount: {annotations: {eks.amazonaws.com/role-arn: arn:aws:iam::1:role/stream}}}\n\
+         metrics: {serviceMonitor: {enabled: true}, prometheusRule: {enabled: true}}\n",
+    )
+    .unwrap();
+    let stream = container(find(&docs, "StatefulSet", "totes-cdc-capture"));
+    assert_eq!(args(stream), ["stream", "--sink", "kinesis"]);
+    check_env(stream);
+    check_probes(stream);
+    let consumers = find(&docs, "Deployment", "totes-cdc-consume");
+    assert_eq!(consumers["spec"]["replicas"], 3);
+    let consume = container(consumers);
+    assert_eq!(args(consume)[0], "consume");
+    check_env(consume);
+    check_probes(consume);
+    assert!(consume["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["name"] == "TOTES_CDC_CONSUMER_ID"
+            && e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"));
+    assert_eq!(
+        find(&docs, "ServiceAccount", "totes-cdc-capture")["metadata"]["annotations"]
+            ["eks.amazonaws.com/role-arn"],
+        "arn:aws:iam::1:role/stream"
+    );
+    find(&docs, "ServiceAccount", "totes-cdc-consume");
+    find(&docs, "PodDisruptionBudget", "totes-cdc-consume");
+    // The ServiceMonitor finds both metrics Services.
+    let monitor = find(&docs, "ServiceMonitor", "totes-cdc");
+    let selector = monitor["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .unwrap();
+    for svc in ["totes-cdc-capture", "totes-cdc-consume"] {
+        let labels = find(&docs, "Service", svc)["metadata"]["labels"].clone();
+        for (k, v) in selector {
+            assert_eq!(&labels[k], v, "Service {svc} label {k}");
+        }
+    }
+    // The PrometheusRule carries the shipped alert rules, which are deploy/prometheus's.
+    let chart_rules = std::fs::read_to_string(format!("{CHART}/files/alerts.yml")).unwrap();
+    let shipped = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/prometheus/alerts.yml"
+    ))
+    .unwrap();
+    assert_eq!(
+        chart_rules, shipped,
+        "helm/totes-cdc/files/alerts.yml = deploy/prometheus/alerts.yml"
+    );
+    let rule = find(&docs, "PrometheusRule", "totes-cdc");
+    let alerts: Vec<&str> = rule["spec"]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap())
+        .filter_map(|r| r["alert"].as_str())
+        .collect();
+    assert_eq!(
+        alerts.len(),
+        shipped.matches("- alert:").count(),
+        "{alerts:?}"
+    );
+
+    // A wrong mode stops the render with the choices.
+    let err = render("mode: sideways\n").unwrap_err();
+    assert!(err.contains("mode must be embedded or streaming"), "{err}");
+}
+
+/// The environment of a rendered container with the Secret's URLs, the pod name, the state
+/// volume and the AWS emulator filled in.
+fn pod_env(
+    c: &Value,
+    secret: &BTreeMap<&str, String>,
+    pod: &str,
+    state: &str,
+    aws: &[(String, String)],
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = Vec::new();
+    for e in c["env"].as_array().unwrap() {
+        let name = e["name"].as_str().unwrap().to_string();
+        let value = if let Some(v) = e["value"].as_str() {
+            v.to_string()
+        } else if let Some(key) = e["valueFrom"]["secretKeyRef"]["key"].as_str() {
+            secret[key].clone()
+        } else if e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name" {
+            pod.to_string()
+        } else {
+            panic!("unexpected env entry {e}");
+        };
+        env.push((name, value));
+    }
+    // Side by side on one machine: a free port instead of the pod's 9898; the mounted volume.
+    env.push(("TOTES_CDC_METRICS_ADDR".into(), "127.0.0.1:0".into()));
+    env.push(("TOTES_CDC_STATE_DIR".into(), state.into()));
+    env.extend(aws.iter().cloned());
+    env
+}
+
+fn spawn_pod(c: &Value, env: &[(String, String)]) -> Proc {
+    let a = args(c);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let e: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    Proc::spawn(&a, &e)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_chart_s_pods_move_the_source_into_the_warehouse() {
+    let moto = Moto::start();
+    moto.s3()
+        .await
+        .create_bucket()
+        .bucket("chart-lake")
+        .send()
+        .await
+        .unwrap();
+    moto.create_stream("chart-stream", 2).await;
+    // moto's region wins over the chart's; everything else is the chart's.
+    let aws: Vec<(String, String)> = moto.env();
+    let pg = PgCluster::start();
+    let values = "config: {lake: s3://chart-lake/lake, kinesis-stream: chart-stream}\n\
+                  aws: {region: us-east-1}\n";
+
+    for (mode, db) in [("streaming", "s"), ("embedded", "e")] {
+        let src = pg.create_db(&format!("{db}src")).await;
+        let wh = pg.create_db(&format!("{db}wh")).await;
+        totesys::create(&src).await;
+        let secret = BTreeMap::from([
+            ("source-url", pg.url(&format!("{db}src"))),
+            ("warehouse-url", pg.url(&format!("{db}wh"))),
+        ]);
+        let mut values = format!("mode: {mode}\n{values}");
+        if mode == "embedded" {
+            // The two modes share one server here: each its own slot.
+            values = values.replace(
+                "kinesis-stream: chart-stream",
+                "kinesis-stream: chart-stream, slot: embedded_slot",
+            );
+        }
+        let docs = render(&values).unwrap();
+        let state = support::temp_dir("chart-state")
+            .to_string_lossy()
+            .into_owned();
+
+        // The pre-install hook: setup creates the publication and the warehouse.
+        let job = container(find(&docs, "Job", "totes-cdc-setup"));
+        let mut setup = spawn_pod(job, &pod_env(job, &secret, "setup", &state, &aws));
+        let status = setup.wait(WAIT);
+        assert!(status.success(), "{mode} setup hook: {}", setup.stderr());
+
+        let capture = container(find(&docs, "StatefulSet", "totes-cdc-capture"));
+        let capture_pod = spawn_pod(
+            capture,
+            &pod_env(capture, &secret, "totes-cdc-capture-0", &state, &aws),
+        );
+        let mut consumers = Vec::new();
+        if mode == "streaming" {
+            let consume = container(find(&docs, "Deployment", "totes-cdc-consume"));
+            for n in 0..2 {
+                let pod = format!("totes-cdc-consume-{n}");
+                consumers.push(spawn_pod(
+                    consume,
+                    &pod_env(consume, &secret, &pod, &state, &aws),
+                ));
+            }
+        }
+        // The readiness probe's endpoint answers 200 once the pod works.
+        wait_ready(&metrics_addr(&capture_pod), 200, WAIT);
+        for c in &consumers {
+            wait_ready(&metrics_addr(c), 200, WAIT);
+        }
+        totesys::bundles_and_edits(&src, 0, 12).await;
+        wait_star(&src, &wh, WAIT).await;
+        drop(consumers);
+        drop(capture_pod);
+    }
+}

@@ -68,10 +68,26 @@ pub enum Command {
     Replay(ReplayArgs),
 }
 
+/// Where `replay` reads the history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReplayFrom {
+    /// The lake's changes files (`lake`): the complete history.
+    Lake,
+    /// The Kinesis stream (`kinesis-stream`), within its retention.
+    Kinesis,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct ReplayArgs {
     #[command(flatten)]
     pub warehouse: WarehouseArgs,
+
+    #[command(flatten)]
+    pub kinesis: KinesisArgs,
+
+    /// Where the history is read.
+    #[arg(long, env = "TOTES_CDC_FROM", default_value = "lake")]
+    pub from: ReplayFrom,
 
     /// Replay the changes committed at or after this LSN (default: the whole lake).
     #[arg(long, env = "TOTES_CDC_FROM_LSN", value_parser = parse_lsn)]

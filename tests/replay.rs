@@ -1,15 +1,16 @@
-//! `replay`: the lake is the durable history. A warehouse rebuilt from it alone equals the
-//! original (every staging row, value for value, every fact version); replaying again changes
-//! nothing; replaying from an LSN repairs a warehouse that lost what came after it, from an S3
-//! lake through the real SDK; bad input stops with the fix.
+//! `replay`: the lake and the Kinesis stream are durable copies of the history. A warehouse
+//! rebuilt from the lake alone equals the original (every staging row, value for value, every
+//! fact version); replaying again changes nothing; replaying from an LSN repairs a warehouse
+//! that lost what came after it, from an S3 lake through the real SDK; a warehouse rebuilt from
+//! the Kinesis stream (moto) equals the one its consumers built; bad input stops with the fix.
 
 mod support;
 
 use std::time::Duration;
 
 use support::moto::Moto;
-use support::star::{assert_star, fact_versions, sync};
-use support::{run, run_args, totesys, PgCluster, Proc};
+use support::star::{assert_star, fact_versions, sync, wait_star};
+use support::{consume_args, run, run_args, stream_kinesis_args, totesys, PgCluster, Proc};
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -182,7 +183,7 @@ async fn replay_from_an_lsn_repairs_a_warehouse_from_the_s3_lake() {
 
     // Bad input: each stops with the cause and the fix.
     let (ok, out) = replay(&wh_url, "none", &[], &envs);
-    assert!(!ok && out.contains("replay reads the lake"), "{out}");
+    assert!(!ok && out.contains("reads the lake"), "{out}");
     let missing = format!("{state}/no-such-lake");
     let (ok, out) = replay(&wh_url, &missing, &[], &envs);
     assert!(!ok && out.contains("does not exist"), "{out}");
@@ -201,4 +202,70 @@ async fn replay_from_an_lsn_repairs_a_warehouse_from_the_s3_lake() {
     pg.create_db("empty").await;
     let (ok, out) = replay(&pg.url("empty"), lake, &[], &envs);
     assert!(!ok && out.contains("totes-cdc setup"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_warehouse_rebuilt_from_the_kinesis_stream_equals_the_one_its_consumers_built() {
+    let moto = Moto::start();
+    moto.create_stream("replay-stream", 2).await;
+    let env = moto.env();
+    let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let pg = PgCluster::start();
+    let src = pg.create_db("src").await;
+    let wh = pg.create_db("wh").await;
+    let rebuilt = pg.create_db("rebuilt").await;
+    totesys::create(&src).await;
+    let (src_url, wh_url, rebuilt_url) = (pg.url("src"), pg.url("wh"), pg.url("rebuilt"));
+    for url in [&wh_url, &rebuilt_url] {
+        let (status, out, err) = run(
+            &["setup", "--source-url", &src_url, "--warehouse-url", url],
+            &[],
+        );
+        assert!(status.success(), "setup: {out}{err}");
+    }
+    let state = support::temp_dir("replayk").to_string_lossy().into_owned();
+    let lake = format!("{state}/lake");
+    let mut streamer = Proc::spawn(
+        &stream_kinesis_args("replay-stream", &src_url, &state, &lake),
+        &envs,
+    );
+    let mut consumer = Proc::spawn(&consume_args("replay-stream", &wh_url, &lake), &envs);
+    totesys::bundles_and_edits(&src, 0, 15).await;
+    wait_star(&src, &wh, WAIT).await;
+    streamer.terminate(WAIT);
+    consumer.terminate(WAIT);
+    let versions = fact_versions(&wh).await;
+
+    // From the stream alone (the lake is not read).
+    let args = [
+        "replay",
+        "--from",
+        "kinesis",
+        "--kinesis-stream",
+        "replay-stream",
+        "--warehouse-url",
+        &rebuilt_url,
+        "--lake",
+        "none",
+    ];
+    let (status, out, err) = run(&args, &envs);
+    assert!(status.success(), "replay: {out}{err}");
+    assert!(
+        out.contains("of 2 shards of Kinesis stream replay-stream"),
+        "{out}"
+    );
+    let (ok, out) = verify(&src_url, &rebuilt_url);
+    assert!(ok, "the warehouse rebuilt from the stream: {out}");
+    assert_star(&src, &rebuilt).await;
+    assert_eq!(fact_versions(&rebuilt).await, versions);
+
+    // A stream that does not exist stops with the fix.
+    let mut bad = args.to_vec();
+    bad[4] = "no-such-stream";
+    let (status, out, err) = run(&bad, &envs);
+    assert!(!status.success());
+    assert!(
+        format!("{out}{err}").contains("no-such-stream"),
+        "{out}{err}"
+    );
 }

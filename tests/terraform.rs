@@ -172,7 +172,8 @@ fn role_actions(files: &BTreeMap<String, Value>) -> BTreeMap<String, BTreeSet<St
 }
 
 /// Every AWS SDK operation the code calls: (source file, operation, IAM action, components
-/// whose role needs it). `capture` is `stream` (streaming) or `run` (embedded).
+/// whose role needs it). `capture` is `stream` (streaming) or `run` (embedded); `replay` runs
+/// with the consumers' role.
 const CALLS: &[(&str, &str, &str, &[&str])] = &[
     (
         "src/transport/kinesis/producer.rs",
@@ -200,6 +201,18 @@ const CALLS: &[(&str, &str, &str, &[&str])] = &[
     ),
     (
         "src/transport/kinesis/consumer.rs",
+        "get_records",
+        "kinesis:GetRecords",
+        &["consume"],
+    ),
+    (
+        "src/commands/replay.rs",
+        "get_shard_iterator",
+        "kinesis:GetShardIterator",
+        &["consume"],
+    ),
+    (
+        "src/commands/replay.rs",
         "get_records",
         "kinesis:GetRecords",
         &["consume"],

@@ -19,7 +19,7 @@ use super::{classify, KinesisError};
 use crate::apply::batch::{Batch, Reject, ShardPosition};
 use crate::apply::warehouse::{ApplyError, Warehouse};
 use crate::capture::Backoff;
-use crate::event::decode;
+use crate::event::{decode, ChangeEvent};
 use crate::pg::PgUrl;
 
 #[derive(Debug, Clone)]
@@ -54,11 +54,11 @@ pub enum ConsumeError {
     Pg(#[from] crate::pg::PgError),
 }
 
-struct ShardInfo {
-    id: String,
-    parents: Vec<String>,
+pub struct ShardInfo {
+    pub id: String,
+    pub parents: Vec<String>,
     /// Set once the shard is closed (split or merged).
-    closed: bool,
+    pub closed: bool,
 }
 
 #[derive(Default)]
@@ -66,7 +66,7 @@ struct ShardState {
     iterator: Option<String>,
 }
 
-async fn list_shards(
+pub async fn list_shards(
     client: &aws_sdk_kinesis::Client,
     cfg: &ConsumerConfig,
 ) -> Result<Vec<ShardInfo>, KinesisError> {
@@ -363,54 +363,7 @@ async fn read_once(
     }
     let mut batch = Batch::default();
     for r in records {
-        let seq = r.sequence_number().to_string();
-        let data = r.data().as_ref();
-        let origin = format!("kinesis:{}/{shard}/{seq}", cfg.stream);
-        let reject = |reason: String| Reject {
-            origin: origin.clone(),
-            reason,
-            payload: json!({
-                "shard": shard,
-                "sequence_number": seq,
-                "partition_key": r.partition_key(),
-                "data": String::from_utf8_lossy(data),
-            }),
-        };
-        let env = match decode::parse(data) {
-            Ok(env) => env,
-            Err(e) => {
-                tracing::warn!(%shard, sequence_number = %seq, "a record that is not an envelope goes to the dead letters: {e}");
-                batch.rejects.push(reject(format!(
-                    "the record is not a totes-cdc envelope: {e}"
-                )));
-                continue;
-            }
-        };
-        let env = match &env.oversized {
-            Some(location) => {
-                let full = crate::apply::lake::store::fetch(location)
-                    .await
-                    .map_err(|e| ConsumeError::Kinesis(e.into()))?;
-                match decode::parse(&full) {
-                    Ok(full) => full,
-                    Err(e) => {
-                        batch.rejects.push(reject(format!(
-                            "the oversized record at {location} does not parse: {e}"
-                        )));
-                        continue;
-                    }
-                }
-            }
-            None => env,
-        };
-        let Some(table) = wh.table_schema(&env.schema, &env.table).await? else {
-            batch.rejects.push(reject(format!(
-                "the warehouse has no staging table for {}.{}: run `totes-cdc setup` with the source and warehouse URLs",
-                env.schema, env.table
-            )));
-            continue;
-        };
-        match decode::to_event(&env, table) {
+        match record_event(wh, &cfg.stream, shard, r).await? {
             Ok(ev) => {
                 batch.newest_commit_ts_us = Some(
                     batch
@@ -419,10 +372,7 @@ async fn read_once(
                 );
                 batch.events.push(ev);
             }
-            Err(e) => batch.rejects.push(reject(format!(
-                "the envelope does not fit {}.{}: {e}",
-                env.schema, env.table
-            ))),
+            Err(reject) => batch.rejects.push(reject),
         }
     }
     batch.shard = Some(ShardPosition {
@@ -448,6 +398,65 @@ async fn read_once(
         s.iterator = next;
     }
     Ok(!records.is_empty())
+}
+
+/// The change event of one record (an oversized record's full envelope is read from where its
+/// pointer says), or the dead letter it becomes when it does not parse or fit the warehouse.
+pub async fn record_event(
+    wh: &mut Warehouse,
+    stream: &str,
+    shard: &str,
+    r: &aws_sdk_kinesis::types::Record,
+) -> Result<Result<ChangeEvent, Reject>, ConsumeError> {
+    let seq = r.sequence_number().to_string();
+    let data = r.data().as_ref();
+    let reject = |reason: String| Reject {
+        origin: format!("kinesis:{stream}/{shard}/{seq}"),
+        reason,
+        payload: json!({
+            "shard": shard,
+            "sequence_number": seq,
+            "partition_key": r.partition_key(),
+            "data": String::from_utf8_lossy(data),
+        }),
+    };
+    let env = match decode::parse(data) {
+        Ok(env) => env,
+        Err(e) => {
+            tracing::warn!(%shard, sequence_number = %seq, "a record that is not an envelope goes to the dead letters: {e}");
+            return Ok(Err(reject(format!(
+                "the record is not a totes-cdc envelope: {e}"
+            ))));
+        }
+    };
+    let env = match &env.oversized {
+        Some(location) => {
+            let full = crate::apply::lake::store::fetch(location)
+                .await
+                .map_err(|e| ConsumeError::Kinesis(e.into()))?;
+            match decode::parse(&full) {
+                Ok(full) => full,
+                Err(e) => {
+                    return Ok(Err(reject(format!(
+                        "the oversized record at {location} does not parse: {e}"
+                    ))))
+                }
+            }
+        }
+        None => env,
+    };
+    let Some(table) = wh.table_schema(&env.schema, &env.table).await? else {
+        return Ok(Err(reject(format!(
+            "the warehouse has no staging table for {}.{}: run `totes-cdc setup` with the source and warehouse URLs",
+            env.schema, env.table
+        ))));
+    };
+    Ok(decode::to_event(&env, table).map_err(|e| {
+        reject(format!(
+            "the envelope does not fit {}.{}: {e}",
+            env.schema, env.table
+        ))
+    }))
 }
 
 #[cfg(test)]

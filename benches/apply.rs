@@ -43,7 +43,7 @@ async fn capture_all(pg: &PgCluster, db: &str, until: Lsn) -> Vec<ChangeEvent> {
         until: Some(until),
         slot_max_retained_wal: 1 << 30,
     };
-    let (tx, mut rx, acker) = transport::channel(4096);
+    let (tx, mut rx, acker) = transport::channel(4096, 1 << 30);
     let collector = tokio::spawn(async move {
         let mut events = Vec::new();
         while let Some(item) = rx.recv().await {

@@ -257,6 +257,11 @@ pub struct CaptureArgs {
     /// Bound, in events, of each channel between stages.
     #[arg(long, env = "TOTES_CDC_CHANNEL_CAPACITY", default_value_t = 4096)]
     pub channel_capacity: usize,
+
+    /// Bound, in bytes, of the change events between capture and their sink's release (the
+    /// channel and the batches being formed and applied), e.g. `64MiB`.
+    #[arg(long, env = "TOTES_CDC_CHANNEL_MAX_BYTES", default_value = "64MiB", value_parser = parse_bytes)]
+    pub channel_max_bytes: i64,
 }
 
 /// Where and how changes are applied.
@@ -286,6 +291,11 @@ pub struct WarehouseArgs {
     /// ...or this long after its first event, whichever comes first.
     #[arg(long, env = "TOTES_CDC_BATCH_MAX_MS", default_value_t = 1000)]
     pub batch_max_ms: u64,
+
+    /// ...or once its events hold this many bytes (at most half of channel-max-bytes), e.g.
+    /// `16MiB`.
+    #[arg(long, env = "TOTES_CDC_BATCH_MAX_BYTES", default_value = "16MiB", value_parser = parse_bytes)]
+    pub batch_max_bytes: i64,
 }
 
 #[derive(Debug, Clone, Args)]

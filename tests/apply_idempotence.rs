@@ -44,7 +44,7 @@ async fn capture_all(
         until: Some(Lsn::parse(&until).unwrap()),
         slot_max_retained_wal: 1 << 30,
     };
-    let (tx, mut rx, acker) = transport::channel(256);
+    let (tx, mut rx, acker) = transport::channel(256, 1 << 30);
     let collector = tokio::spawn(async move {
         let mut events = Vec::new();
         while let Some(item) = rx.recv().await {

@@ -1,5 +1,5 @@
-//! Micro-batches: events are grouped until `max_events` events or `max_wait` after the first
-//! item arrived, whichever comes first. A batch is never empty and never waits longer: the wait
+//! Micro-batches: events are grouped until `max_events` events, `max_bytes` of them, or
+//! `max_wait` after the first item arrived, whichever comes first. A batch is never empty and never waits longer: the wait
 //! counts from the first item's arrival, so time it spent queued behind the previous batch's
 //! apply is not waited again.
 
@@ -45,14 +45,25 @@ pub struct Batch {
     /// For a consumer: the shard position this batch reaches.
     pub shard: Option<ShardPosition>,
     pub rejects: Vec<Reject>,
+    /// Sum of the events' `approx_bytes`.
+    pub bytes: usize,
+    /// The events' share of the channel's byte budget, held until the batch is dropped.
+    pub permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Batch {
     fn push(&mut self, item: Item) {
         self.last_seqno = item.seqno;
         self.items += 1;
+        if let Some(p) = item.permit {
+            match &mut self.permit {
+                Some(held) => held.merge(p),
+                None => self.permit = Some(p),
+            }
+        }
         match item.kind {
             ItemKind::Change(ev) => {
+                self.bytes += ev.approx_bytes();
                 self.newest_commit_ts_us = Some(
                     self.newest_commit_ts_us
                         .map_or(ev.commit_ts_us, |t| t.max(ev.commit_ts_us)),
@@ -68,6 +79,8 @@ impl Batch {
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_events: usize,
+    /// `None`: no bound in bytes (forming a batch again exactly).
+    pub max_bytes: Option<usize>,
     /// `None`: wait for `max_events` however long it takes (to form a batch again exactly).
     pub max_wait: Option<Duration>,
 }
@@ -93,7 +106,8 @@ pub async fn next_batch(
     let first = rx.recv().await?;
     let deadline = limits.max_wait.map(|w| first.sent_at + w);
     add(&mut batch, first);
-    while batch.events.len() < limits.max_events {
+    while batch.events.len() < limits.max_events && limits.max_bytes.is_none_or(|m| batch.bytes < m)
+    {
         // Take what is already queued without waiting.
         match rx.try_recv() {
             Ok(item) => {
@@ -131,6 +145,7 @@ mod tests {
                 commit_ts_us: 0,
             },
             sent_at,
+            permit: None,
         }
     }
 
@@ -151,6 +166,7 @@ mod tests {
         });
         let limits = Limits {
             max_events: 10,
+            max_bytes: None,
             max_wait: Some(Duration::from_secs(1)),
         };
         let batch = next_batch(&mut rx, limits, |_| false).await.unwrap();

@@ -19,6 +19,7 @@ use warehouse::{ApplyError, Warehouse};
 #[derive(Debug, Clone)]
 pub struct ApplyConfig {
     pub batch_max_events: usize,
+    pub batch_max_bytes: usize,
     pub batch_max_wait: Duration,
 }
 
@@ -67,10 +68,12 @@ pub async fn run(
         let limits = match replay.take() {
             Some(n) => batch::Limits {
                 max_events: n,
+                max_bytes: None,
                 max_wait: None,
             },
             None => batch::Limits {
                 max_events: cfg.batch_max_events,
+                max_bytes: Some(cfg.batch_max_bytes),
                 max_wait: Some(cfg.batch_max_wait),
             },
         };

@@ -43,6 +43,9 @@ pub enum SnapshotMode {
     Never,
 }
 
+/// Raw replication messages the replication library may buffer ahead of decoding.
+pub const RAW_BUFFER_MESSAGES: usize = 16;
+
 #[derive(Debug, Clone)]
 pub struct CaptureConfig {
     pub source: PgUrl,

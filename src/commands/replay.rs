@@ -47,6 +47,7 @@ pub async fn run(args: ReplayArgs) -> Result<()> {
         pending: Vec::new(),
         rejects: Vec::new(),
         max_events: args.warehouse.batch_max_events.max(1),
+        max_bytes: args.warehouse.batch_max_bytes.max(1) as usize,
         events: 0,
         batches: 0,
         dead: 0,
@@ -110,6 +111,7 @@ struct Applier {
     pending: Vec<ChangeEvent>,
     rejects: Vec<Reject>,
     max_events: usize,
+    max_bytes: usize,
     events: usize,
     batches: usize,
     dead: usize,
@@ -126,7 +128,8 @@ impl Applier {
     async fn push(&mut self, events: Vec<ChangeEvent>, rejects: Vec<Reject>) -> Result<()> {
         self.pending.extend(events);
         self.rejects.extend(rejects);
-        if self.pending.len() >= self.max_events {
+        let bytes: usize = self.pending.iter().map(ChangeEvent::approx_bytes).sum();
+        if self.pending.len() >= self.max_events || bytes >= self.max_bytes {
             self.flush().await?;
         }
         Ok(())

@@ -67,10 +67,14 @@ pub async fn run(args: RunArgs, shutdown: watch::Receiver<bool>) -> Result<()> {
     );
     let health = crate::metrics::server::Health::new();
     super::serve_metrics(&args.metrics.metrics_addr, health.clone()).await?;
-    let (tx, rx, acker) = transport::channel(args.capture.channel_capacity);
+    let channel_bytes = args.capture.channel_max_bytes.max(1) as usize;
+    let (tx, rx, acker) = transport::channel(args.capture.channel_capacity, channel_bytes);
     let apply_stats = Arc::new(ApplyStats::default());
     let apply_cfg = ApplyConfig {
         batch_max_events: args.warehouse.batch_max_events.max(1),
+        // A forming batch holds its events' share of the channel's budget: at most half of it,
+        // so capture can go on filling the other half meanwhile.
+        batch_max_bytes: (args.warehouse.batch_max_bytes.max(1) as usize).min(channel_bytes / 2),
         batch_max_wait: Duration::from_millis(args.warehouse.batch_max_ms),
     };
     let applier = tokio::spawn(apply::run(

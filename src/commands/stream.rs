@@ -26,7 +26,11 @@ pub fn capture_config(source: &SourceArgs, capture: &CaptureArgs) -> Result<Capt
         snapshot_parallelism: capture.snapshot_parallelism,
         heartbeat: (!capture.heartbeat_interval.is_zero()).then_some(capture.heartbeat_interval),
         status_interval: capture.status_interval,
-        buffer_events: capture.channel_capacity,
+        // The replication library buffers raw messages by count: kept small, since one message
+        // may hold a large row (the byte bound is the channel's, `channel-max-bytes`).
+        buffer_events: capture
+            .channel_capacity
+            .min(crate::capture::RAW_BUFFER_MESSAGES),
         drain_timeout: capture.drain_timeout,
         until: capture.until_lsn,
         slot_max_retained_wal: capture.slot_max_retained_wal,
@@ -38,7 +42,10 @@ pub async fn run(args: StreamArgs, shutdown: watch::Receiver<bool>) -> Result<()
     tracing::info!(source = %cfg.source.masked(), slot = %cfg.slot, publication = %cfg.publication, "starting capture");
     let health = crate::metrics::server::Health::new();
     super::serve_metrics(&args.metrics.metrics_addr, health.clone()).await?;
-    let (tx, rx, acker) = transport::channel(args.capture.channel_capacity);
+    let (tx, rx, acker) = transport::channel(
+        args.capture.channel_capacity,
+        args.capture.channel_max_bytes.max(1) as usize,
+    );
     let database = cfg.source.database();
     let sink = match args.sink {
         SinkKind::Stdout => tokio::spawn(async move {

@@ -183,6 +183,20 @@ pub struct ChangeEvent {
 }
 
 impl ChangeEvent {
+    /// Roughly the memory the event holds: its values plus a fixed overhead per value and event.
+    pub fn approx_bytes(&self) -> usize {
+        fn row(r: &Option<Vec<Datum>>) -> usize {
+            r.iter()
+                .flatten()
+                .map(|d| match d {
+                    Datum::Text(b) => b.len() + 16,
+                    _ => 16,
+                })
+                .sum()
+        }
+        128 + row(&self.before) + row(&self.key) + row(&self.after)
+    }
+
     /// The key values taken from a full row, in key order.
     pub fn key_of(table: &TableSchema, row: &[Datum]) -> Vec<Datum> {
         table

@@ -5,7 +5,9 @@
 pub mod kinesis;
 pub mod stdout;
 
-use tokio::sync::{mpsc, watch};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::event::{ChangeEvent, Lsn};
 
@@ -22,14 +24,20 @@ pub enum ItemKind {
 }
 
 /// An item with its capture-assigned sequence number (1, 2, ...; monotone within a process).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Item {
     pub seqno: u64,
     pub kind: ItemKind,
     /// When the capture handed it over: a batch's wait counts from its first item's arrival,
     /// not from when the apply side got round to taking it.
     pub sent_at: tokio::time::Instant,
+    /// The item's share of the channel's byte budget, given back when the item (or the batch
+    /// it joined) is dropped.
+    pub permit: Option<OwnedSemaphorePermit>,
 }
+
+/// Units of the byte budget: permits count KiB (a semaphore counts in u32).
+const BUDGET_UNIT: usize = 1024;
 
 /// The sink has stopped taking items.
 #[derive(Debug, thiserror::Error)]
@@ -41,18 +49,39 @@ pub struct SinkSender {
     tx: mpsc::Sender<Item>,
     next: u64,
     acked: watch::Receiver<u64>,
+    bytes: Arc<Semaphore>,
+    budget_units: usize,
 }
 
 impl SinkSender {
-    /// Sends an item, waiting while the sink is full (this is the backpressure that bounds
-    /// memory); returns its sequence number.
+    /// Sends an item, waiting while the sink is full — in items or in bytes not yet released
+    /// downstream (this is the backpressure that bounds memory, whatever the row sizes); returns
+    /// its sequence number.
     pub async fn send(&mut self, kind: ItemKind) -> Result<u64, SinkClosed> {
         let seqno = self.next;
+        let permit = match &kind {
+            ItemKind::Change(ev) => {
+                // An item larger than the whole budget still passes, alone.
+                let units = ev
+                    .approx_bytes()
+                    .div_ceil(BUDGET_UNIT)
+                    .min(self.budget_units);
+                Some(
+                    self.bytes
+                        .clone()
+                        .acquire_many_owned(units as u32)
+                        .await
+                        .map_err(|_| SinkClosed)?,
+                )
+            }
+            ItemKind::Commit { .. } => None,
+        };
         self.tx
             .send(Item {
                 seqno,
                 kind,
                 sent_at: tokio::time::Instant::now(),
+                permit,
             })
             .await
             .map_err(|_| SinkClosed)?;
@@ -101,15 +130,20 @@ impl Acker {
     }
 }
 
-/// A bounded channel from capture to a sink, with the acknowledgement path back.
-pub fn channel(capacity: usize) -> (SinkSender, mpsc::Receiver<Item>, Acker) {
+/// A channel from capture to a sink bounded to `capacity` items and `max_bytes` of change
+/// events not yet dropped downstream, with the acknowledgement path back.
+pub fn channel(capacity: usize, max_bytes: usize) -> (SinkSender, mpsc::Receiver<Item>, Acker) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
     let (ack_tx, ack_rx) = watch::channel(0);
+    let budget_units =
+        (max_bytes / BUDGET_UNIT).clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
     (
         SinkSender {
             tx,
             next: 1,
             acked: ack_rx,
+            bytes: Arc::new(Semaphore::new(budget_units)),
+            budget_units,
         },
         rx,
         Acker { tx: ack_tx },

@@ -3,6 +3,7 @@
 // without a Kubernetes cluster or the helm binary, for the chart tests.
 //
 // usage: chart_render CHART_DIR [VALUES_FILE ...]   (release name "totes-cdc", namespace "cdc")
+// The manifests go to stdout, the rendered NOTES.txt to stderr.
 package main
 
 import (
@@ -142,7 +143,7 @@ func main() {
 			fail("%v", err)
 		}
 		base := filepath.Base(f)
-		if !strings.HasPrefix(base, "_") && (strings.HasSuffix(base, ".yaml") || strings.HasSuffix(base, ".yml")) {
+		if !strings.HasPrefix(base, "_") && (strings.HasSuffix(base, ".yaml") || strings.HasSuffix(base, ".yml") || base == "NOTES.txt") {
 			order = append(order, n)
 		}
 	}
@@ -172,6 +173,11 @@ func main() {
 			fail("%v", err)
 		}
 		out := strings.TrimSpace(buf.String())
+		if strings.HasSuffix(n, "/NOTES.txt") {
+			// What helm prints after an install: to stderr, apart from the manifests.
+			fmt.Fprintf(os.Stderr, "NOTES:\n%s\n", out)
+			continue
+		}
 		if out == "" {
 			continue
 		}

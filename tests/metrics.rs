@@ -128,6 +128,9 @@ async fn run_metrics_follow_the_workload_and_lag_follows_apply() {
     assert_ne!(build[0].0["git_sha"], "unknown");
     assert!(m.sum("totes_cdc_resident_memory_bytes", &[]) > 1e6);
     assert!(m.sum("totes_cdc_open_connections", &[]) >= 3.0);
+    // The byte budget in use is sampled (at most the default channel-max-bytes, 64 MiB).
+    assert_eq!(m.series("totes_cdc_channel_bytes").len(), 1);
+    assert!(m.sum("totes_cdc_channel_bytes", &[]) <= 64.0 * 1024.0 * 1024.0);
     check_with_reference_parser(&m.text);
 
     // Hold apply: a lock on a staging table blocks the next batch's merge.

@@ -101,6 +101,17 @@ pub async fn next_batch(
                 return;
             }
         }
+        // A batch formed again exactly (no byte bound) must not wait on the budget its own
+        // events hold: had the budget shrunk since the crash, capture could not deliver the
+        // rest. Its size is the original batch's, which fitted.
+        let item = if limits.max_bytes.is_none() {
+            Item {
+                permit: None,
+                ..item
+            }
+        } else {
+            item
+        };
         batch.push(item);
     };
     let first = rx.recv().await?;

@@ -50,6 +50,7 @@ pub struct Metrics {
     pub end_to_end_latency_seconds: Histogram,
     pub applied_position_lsn: IntGauge,
     pub apply_retries_total: IntCounter,
+    pub channel_bytes: IntGauge,
     // process
     pub build_info: GaugeVec,
     pub resident_memory_bytes: IntGauge,
@@ -181,6 +182,7 @@ pub fn get() -> &'static Metrics {
             end_to_end_latency_seconds: histogram(&mut b, "end_to_end_latency_seconds", "Source commit to warehouse commit, per batch (newest event).", SECONDS.to_vec()),
             applied_position_lsn: gauge(&mut b, "applied_position_lsn", "Highest position (commit LSN) applied to the warehouse."),
             apply_retries_total: counter(&mut b, "apply_retries_total", "Batches retried after a transient warehouse or lake failure."),
+            channel_bytes: gauge(&mut b, "channel_bytes", "Bytes of change events captured and not yet applied or published (at most channel-max-bytes; capture waits there)."),
             build_info,
             resident_memory_bytes: gauge(&mut b, "resident_memory_bytes", "Resident set size of the process."),
             open_connections: gauge(&mut b, "open_connections", "Network sockets the process holds open (PostgreSQL, AWS, metrics scrapes)."),

@@ -137,12 +137,28 @@ pub fn channel(capacity: usize, max_bytes: usize) -> (SinkSender, mpsc::Receiver
     let (ack_tx, ack_rx) = watch::channel(0);
     let budget_units =
         (max_bytes / BUDGET_UNIT).clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+    let bytes = Arc::new(Semaphore::new(budget_units));
+    // The budget in use, sampled each second for totes_cdc_channel_bytes (until the channel and
+    // every item of it are gone).
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        let weak = Arc::downgrade(&bytes);
+        rt.spawn(async move {
+            let gauge = &crate::metrics::get().channel_bytes;
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let Some(s) = weak.upgrade() else { break };
+                let used = budget_units.saturating_sub(s.available_permits()) * BUDGET_UNIT;
+                gauge.set(used as i64);
+            }
+        });
+    }
     (
         SinkSender {
             tx,
             next: 1,
             acked: ack_rx,
-            bytes: Arc::new(Semaphore::new(budget_units)),
+            bytes,
             budget_units,
         },
         rx,

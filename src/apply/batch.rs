@@ -45,7 +45,7 @@ pub struct Batch {
     /// For a consumer: the shard position this batch reaches.
     pub shard: Option<ShardPosition>,
     pub rejects: Vec<Reject>,
-    /// Sum of the events' `approx_bytes`.
+    /// Sum of the events' `approx_bytes` (as capture measured them).
     pub bytes: usize,
     /// The events' share of the channel's byte budget, held until the batch is dropped.
     pub permit: Option<tokio::sync::OwnedSemaphorePermit>,
@@ -55,6 +55,7 @@ impl Batch {
     fn push(&mut self, item: Item) {
         self.last_seqno = item.seqno;
         self.items += 1;
+        self.bytes += item.bytes;
         if let Some(p) = item.permit {
             match &mut self.permit {
                 Some(held) => held.merge(p),
@@ -63,7 +64,6 @@ impl Batch {
         }
         match item.kind {
             ItemKind::Change(ev) => {
-                self.bytes += ev.approx_bytes();
                 self.newest_commit_ts_us = Some(
                     self.newest_commit_ts_us
                         .map_or(ev.commit_ts_us, |t| t.max(ev.commit_ts_us)),
@@ -93,7 +93,7 @@ pub async fn next_batch(
     skip: impl Fn(&ChangeEvent) -> bool,
 ) -> Option<Batch> {
     let mut batch = Batch::default();
-    let add = |batch: &mut Batch, item: Item| {
+    let add = |batch: &mut Batch, mut item: Item| {
         if let ItemKind::Change(ev) = &item.kind {
             if skip(ev) {
                 batch.last_seqno = item.seqno;
@@ -104,14 +104,9 @@ pub async fn next_batch(
         // A batch formed again exactly (no byte bound) must not wait on the budget its own
         // events hold: had the budget shrunk since the crash, capture could not deliver the
         // rest. Its size is the original batch's, which fitted.
-        let item = if limits.max_bytes.is_none() {
-            Item {
-                permit: None,
-                ..item
-            }
-        } else {
-            item
-        };
+        if limits.max_bytes.is_none() {
+            item.permit = None;
+        }
         batch.push(item);
     };
     let first = rx.recv().await?;
@@ -156,6 +151,7 @@ mod tests {
                 commit_ts_us: 0,
             },
             sent_at,
+            bytes: 0,
             permit: None,
         }
     }

@@ -45,6 +45,7 @@ pub async fn run(args: ReplayArgs) -> Result<()> {
     let mut applier = Applier {
         wh: None,
         pending: Vec::new(),
+        pending_bytes: 0,
         rejects: Vec::new(),
         max_events: args.warehouse.batch_max_events.max(1),
         max_bytes: args.warehouse.batch_max_bytes.max(1) as usize,
@@ -109,6 +110,8 @@ async fn warehouse(args: &ReplayArgs, url: &PgUrl) -> Result<Warehouse> {
 struct Applier {
     wh: Option<Warehouse>,
     pending: Vec<ChangeEvent>,
+    /// The pending events' `approx_bytes`, summed as they come.
+    pending_bytes: usize,
     rejects: Vec<Reject>,
     max_events: usize,
     max_bytes: usize,
@@ -126,10 +129,10 @@ impl Applier {
     }
 
     async fn push(&mut self, events: Vec<ChangeEvent>, rejects: Vec<Reject>) -> Result<()> {
+        self.pending_bytes += events.iter().map(ChangeEvent::approx_bytes).sum::<usize>();
         self.pending.extend(events);
         self.rejects.extend(rejects);
-        let bytes: usize = self.pending.iter().map(ChangeEvent::approx_bytes).sum();
-        if self.pending.len() >= self.max_events || bytes >= self.max_bytes {
+        if self.pending.len() >= self.max_events || self.pending_bytes >= self.max_bytes {
             self.flush().await?;
         }
         Ok(())
@@ -141,6 +144,7 @@ impl Applier {
             return Ok(());
         }
         let events = std::mem::take(&mut self.pending);
+        self.pending_bytes = 0;
         let rejects = std::mem::take(&mut self.rejects);
         let top = events.iter().map(|e| e.position).max().unwrap_or_default();
         let batch = Batch {

@@ -31,6 +31,8 @@ pub struct Item {
     /// When the capture handed it over: a batch's wait counts from its first item's arrival,
     /// not from when the apply side got round to taking it.
     pub sent_at: tokio::time::Instant,
+    /// The event's `approx_bytes` (0 for a transaction end), measured once here.
+    pub bytes: usize,
     /// The item's share of the channel's byte budget, given back when the item (or the batch
     /// it joined) is dropped.
     pub permit: Option<OwnedSemaphorePermit>,
@@ -59,28 +61,27 @@ impl SinkSender {
     /// its sequence number.
     pub async fn send(&mut self, kind: ItemKind) -> Result<u64, SinkClosed> {
         let seqno = self.next;
-        let permit = match &kind {
+        let (bytes, permit) = match &kind {
             ItemKind::Change(ev) => {
+                let bytes = ev.approx_bytes();
                 // An item larger than the whole budget still passes, alone.
-                let units = ev
-                    .approx_bytes()
-                    .div_ceil(BUDGET_UNIT)
-                    .min(self.budget_units);
-                Some(
-                    self.bytes
-                        .clone()
-                        .acquire_many_owned(units as u32)
-                        .await
-                        .map_err(|_| SinkClosed)?,
-                )
+                let units = bytes.div_ceil(BUDGET_UNIT).min(self.budget_units);
+                let permit = self
+                    .bytes
+                    .clone()
+                    .acquire_many_owned(units as u32)
+                    .await
+                    .map_err(|_| SinkClosed)?;
+                (bytes, Some(permit))
             }
-            ItemKind::Commit { .. } => None,
+            ItemKind::Commit { .. } => (0, None),
         };
         self.tx
             .send(Item {
                 seqno,
                 kind,
                 sent_at: tokio::time::Instant::now(),
+                bytes,
                 permit,
             })
             .await

@@ -80,6 +80,29 @@ pub async fn aws_config() -> aws_config::SdkConfig {
         .await
 }
 
+/// An S3 client from the standard AWS configuration; an S3-compatible endpoint
+/// (`AWS_ENDPOINT_URL`) gets path-style addressing.
+async fn s3_client() -> aws_sdk_s3::Client {
+    let sdk = aws_config().await;
+    let mut conf = aws_sdk_s3::config::Builder::from(&sdk);
+    if sdk.endpoint_url().is_some() || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some() {
+        conf = conf.force_path_style(true);
+    }
+    aws_sdk_s3::Client::from_conf(conf.build())
+}
+
+/// Runs blocking file work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Local {
+            path: root_display(),
+            source: std::io::Error::other(e),
+        })?
+}
+
 impl Store {
     /// Opens `location`: a directory path, or `s3://bucket/prefix`.
     pub async fn open(location: &str) -> Result<Store, StoreError> {
@@ -88,14 +111,8 @@ impl Store {
             if bucket.is_empty() {
                 return Err(StoreError::BadLocation(location.into()));
             }
-            let sdk = aws_config().await;
-            let mut conf = aws_sdk_s3::config::Builder::from(&sdk);
-            if sdk.endpoint_url().is_some() || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some() {
-                conf = conf.force_path_style(true);
-            }
-            let client = aws_sdk_s3::Client::from_conf(conf.build());
             let store = Store::S3 {
-                client,
+                client: s3_client().await,
                 bucket: bucket.to_string(),
                 prefix: prefix.trim_matches('/').to_string(),
             };
@@ -196,14 +213,8 @@ impl Store {
     pub async fn put(&self, path: &str, data: Bytes) -> Result<(), StoreError> {
         match self {
             Store::Local(root) => {
-                let root = root.clone();
-                let path = path.to_string();
-                tokio::task::spawn_blocking(move || write_local(&root, &path, &data))
-                    .await
-                    .map_err(|e| StoreError::Local {
-                        path: root_display(),
-                        source: std::io::Error::other(e),
-                    })?
+                let (root, path) = (root.clone(), path.to_string());
+                blocking(move || write_local(&root, &path, &data)).await
             }
             Store::S3 {
                 client,
@@ -230,14 +241,8 @@ impl Store {
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         match self {
             Store::Local(root) => {
-                let root = root.clone();
-                let prefix = prefix.to_string();
-                tokio::task::spawn_blocking(move || list_local(&root, &prefix))
-                    .await
-                    .map_err(|e| StoreError::Local {
-                        path: root_display(),
-                        source: std::io::Error::other(e),
-                    })?
+                let (root, prefix) = (root.clone(), prefix.to_string());
+                blocking(move || list_local(&root, &prefix)).await
             }
             Store::S3 {
                 client,
@@ -403,39 +408,18 @@ fn write_local(root: &Path, path: &str, data: &[u8]) -> Result<(), StoreError> {
 /// Reads a stored object by its full location (`s3://bucket/key` or a file path), as the
 /// pointer of an oversized Kinesis record names it.
 pub async fn fetch(location: &str) -> Result<Bytes, StoreError> {
-    if let Some(rest) = location.strip_prefix("s3://") {
-        let (bucket, key) = rest
-            .split_once('/')
-            .ok_or_else(|| StoreError::BadLocation(location.into()))?;
-        let sdk = aws_config().await;
-        let mut conf = aws_sdk_s3::config::Builder::from(&sdk);
-        if sdk.endpoint_url().is_some() || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some() {
-            conf = conf.force_path_style(true);
-        }
-        let client = aws_sdk_s3::Client::from_conf(conf.build());
-        let out = client
-            .get_object()
-            .bucket(bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| Store::s3_error(e, bucket, key))?;
-        let data = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| StoreError::Transient {
+    match location.strip_prefix("s3://") {
+        Some(rest) => {
+            let (bucket, key) = rest
+                .split_once('/')
+                .ok_or_else(|| StoreError::BadLocation(location.into()))?;
+            let store = Store::S3 {
+                client: s3_client().await,
                 bucket: bucket.into(),
-                key: key.into(),
-                message: e.to_string(),
-            })?;
-        return Ok(data.into_bytes());
+                prefix: String::new(),
+            };
+            store.get(key).await
+        }
+        None => Store::Local(PathBuf::new()).get(location).await,
     }
-    tokio::fs::read(location)
-        .await
-        .map(Bytes::from)
-        .map_err(|e| StoreError::Local {
-            path: location.into(),
-            source: e,
-        })
 }

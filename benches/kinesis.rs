@@ -113,7 +113,7 @@ async fn producer(pg: &PgCluster, slot: &str, concurrency: usize, until: &str) -
             "--log",
             "info",
         ])
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .envs(env)
         .output()
         .expect("stream");
     let secs = started.elapsed().as_secs_f64();
@@ -142,12 +142,7 @@ async fn end_to_end(pg: &PgCluster) -> String {
     let wh = pg.create_db("live_wh").await;
     support::totesys::create(&src).await;
     support::totesys::publish(&src).await;
-    let env = moto.env();
-    let envs = || {
-        env.iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect::<Vec<_>>()
-    };
+    let envs = || moto.env();
     let state = support::temp_dir("bench-kin-e2e");
     let st = state.to_string_lossy().into_owned();
     let lake = format!("{st}/lake");

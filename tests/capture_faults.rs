@@ -50,34 +50,6 @@ async fn confirmed_lsn(db: &Client) -> u64 {
     lsn_value(r.get(0))
 }
 
-/// Sales and purchases until `stop`, reconnecting when the server goes away.
-fn spawn_workload(url: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut n = 1000;
-        while !stop.load(Ordering::Relaxed) {
-            let Ok((db, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await else {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            };
-            tokio::spawn(conn);
-            while !stop.load(Ordering::Relaxed) {
-                let sql = match n % 3 {
-                    0 => format!(
-                        "UPDATE payment SET paid = true, last_updated = now() WHERE payment_id = {}",
-                        n % 50 + 1
-                    ),
-                    1 => totesys::sale_sql(n),
-                    _ => totesys::purchase_sql(n),
-                };
-                if db.batch_execute(&sql).await.is_err() {
-                    break;
-                }
-                n += 1;
-            }
-        }
-    })
-}
-
 async fn marker(db: &Client) -> i32 {
     let r = db
         .query_one(
@@ -108,7 +80,7 @@ async fn kill_9_and_restart_redelivers_everything_after_the_confirmed_lsn() {
     let url = pg.url("kill");
     let state = support::temp_dir("kill").to_string_lossy().into_owned();
     let stop = Arc::new(AtomicBool::new(false));
-    let workload = spawn_workload(url.clone(), stop.clone());
+    let workload = totesys::spawn_workload(url.clone(), stop.clone(), Duration::ZERO);
 
     let mut runs: Vec<Vec<Value>> = Vec::new();
     for round in 0..3 {

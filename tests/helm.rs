@@ -259,7 +259,7 @@ fn pod_env(
     secret: &BTreeMap<&str, String>,
     pod: &str,
     state: &str,
-    aws: &[(String, String)],
+    aws: &[(&str, &str)],
 ) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = Vec::new();
     for e in c["env"].as_array().unwrap() {
@@ -278,7 +278,7 @@ fn pod_env(
     // Side by side on one machine: a free port instead of the pod's 9898; the mounted volume.
     env.push(("TOTES_CDC_METRICS_ADDR".into(), "127.0.0.1:0".into()));
     env.push(("TOTES_CDC_STATE_DIR".into(), state.into()));
-    env.extend(aws.iter().cloned());
+    env.extend(aws.iter().map(|&(k, v)| (k.to_string(), v.to_string())));
     env
 }
 
@@ -301,7 +301,7 @@ async fn the_chart_s_pods_move_the_source_into_the_warehouse() {
         .unwrap();
     moto.create_stream("chart-stream", 2).await;
     // moto's region wins over the chart's; everything else is the chart's.
-    let aws: Vec<(String, String)> = moto.env();
+    let aws = moto.env();
     let pg = PgCluster::start();
     let values = "config: {lake: s3://chart-lake/lake, kinesis-stream: chart-stream}\n\
                   aws: {region: us-east-1}\n";

@@ -20,14 +20,6 @@ const WAIT: Duration = Duration::from_secs(180);
 /// race has not been seen, at twice the pace it shows up now and then.
 const PACE: Duration = Duration::from_millis(10);
 
-fn env(moto: &Moto) -> Vec<(String, String)> {
-    moto.env()
-}
-
-fn as_refs(v: &[(String, String)]) -> Vec<(&str, &str)> {
-    v.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn stream_publishes_envelopes_a_plain_client_reads() {
     let moto = Moto::start();
@@ -39,11 +31,8 @@ async fn stream_publishes_envelopes_a_plain_client_reads() {
     let url = pg.url("src");
     let state = support::temp_dir("kplain").to_string_lossy().into_owned();
     let lake = format!("{state}/lake");
-    let e = env(&moto);
-    let p = Proc::spawn(
-        &stream_kinesis_args("plain", &url, &state, &lake),
-        &as_refs(&e),
-    );
+    let e = moto.env();
+    let p = Proc::spawn(&stream_kinesis_args("plain", &url, &state, &lake), &e);
     p.wait_log("streaming changes", WAIT);
     totesys::sale(&src, 1).await;
     src.batch_execute("UPDATE payment SET paid = true WHERE payment_id = 1")
@@ -117,8 +106,7 @@ async fn stream_and_two_consumers_lose_and_double_nothing_through_kills_and_a_re
     totesys::create(&src).await;
     totesys::publish(&src).await;
     let (src_url, wh_url) = (pg.url("src"), pg.url("wh"));
-    let e = env(&moto);
-    let e = as_refs(&e);
+    let e = moto.env();
     let (ok, out, err) = support::run(
         &[
             "setup",
@@ -295,13 +283,13 @@ async fn failed_and_throttled_entries_are_retried_without_loss_or_reordering() {
         &[],
     );
     oracle.wait_log("streaming changes", WAIT);
-    let mut e = env(&moto);
+    let mut e = moto.env();
     // A third of all entries fail as throttled (PutRecords partial failures).
-    e.push(("TOTES_CDC_FAULT".into(), "kinesis-fail:33".into()));
+    e.push(("TOTES_CDC_FAULT", "kinesis-fail:33"));
     let lake = format!("{state}/lake");
     let mut args = stream_kinesis_args("flaky", &url, &state, &lake);
     args.extend(["--kinesis-concurrency", "4"]);
-    let p = Proc::spawn(&args, &as_refs(&e));
+    let p = Proc::spawn(&args, &e);
     p.wait_log("streaming changes", WAIT);
     let stop = Arc::new(AtomicBool::new(false));
     let workload = totesys::spawn_workload(url.clone(), stop.clone(), PACE);
@@ -409,12 +397,9 @@ async fn a_missing_stream_or_an_unreachable_endpoint_stops_with_the_fix() {
     let (src_url, wh_url) = (pg.url("src"), pg.url("wh"));
     let state = support::temp_dir("kbad").to_string_lossy().into_owned();
     let lake = format!("{state}/lake");
-    let e = env(&moto);
+    let e = moto.env();
     let last_line = |err: &str| err.lines().last().unwrap_or_default().to_string();
-    let (status, _, err) = support::run(
-        &stream_kinesis_args("nope", &src_url, &state, &lake),
-        &as_refs(&e),
-    );
+    let (status, _, err) = support::run(&stream_kinesis_args("nope", &src_url, &state, &lake), &e);
     assert!(!status.success());
     let line = last_line(&err);
     assert!(
@@ -422,26 +407,22 @@ async fn a_missing_stream_or_an_unreachable_endpoint_stops_with_the_fix() {
             && line.contains("kinesis-stream"),
         "{line}"
     );
-    let (status, _, err) = support::run(&consume_args("nope", &wh_url, &lake), &as_refs(&e));
+    let (status, _, err) = support::run(&consume_args("nope", &wh_url, &lake), &e);
     assert!(!status.success());
     assert!(last_line(&err).contains("does not exist"), "{err}");
-    let dead: Vec<(String, String)> = e
+    let nowhere = format!("http://127.0.0.1:{}", support::pg::free_port());
+    let dead: Vec<(&str, &str)> = e
         .iter()
-        .map(|(k, v)| {
+        .map(|&(k, v)| {
             if k == "AWS_ENDPOINT_URL" {
-                (
-                    k.clone(),
-                    format!("http://127.0.0.1:{}", support::pg::free_port()),
-                )
+                (k, nowhere.as_str())
             } else {
-                (k.clone(), v.clone())
+                (k, v)
             }
         })
         .collect();
-    let (status, _, err) = support::run(
-        &stream_kinesis_args("nope", &src_url, &state, &lake),
-        &as_refs(&dead),
-    );
+    let (status, _, err) =
+        support::run(&stream_kinesis_args("nope", &src_url, &state, &lake), &dead);
     assert!(!status.success());
     let line = last_line(&err);
     assert!(

@@ -475,7 +475,6 @@ async fn the_s3_lake_works_through_the_real_sdk() {
     let state = support::temp_dir("s3lake").to_string_lossy().into_owned();
     let (src_url, wh_url) = (pg.url("src"), pg.url("wh"));
     let env = moto.env();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
 
     // A missing bucket stops with the fix.
     let (status, _, err) = support::run(

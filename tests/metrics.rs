@@ -453,7 +453,6 @@ async fn stream_and_consume_serve_their_own_metrics() {
     totesys::create(&src).await;
     totesys::publish(&src).await;
     let e = moto.env();
-    let e: Vec<(&str, &str)> = e.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let (src_url, wh_url) = (pg.url("src"), pg.url("wh"));
     let (ok, out, err) = support::run(
         &[

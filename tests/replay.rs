@@ -123,8 +123,7 @@ async fn replay_from_an_lsn_repairs_a_warehouse_from_the_s3_lake() {
         .send()
         .await
         .unwrap();
-    let env = moto.env();
-    let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let envs = moto.env();
     let pg = PgCluster::start();
     let src = pg.create_db("src").await;
     let wh = pg.create_db("wh").await;
@@ -208,8 +207,7 @@ async fn replay_from_an_lsn_repairs_a_warehouse_from_the_s3_lake() {
 async fn a_warehouse_rebuilt_from_the_kinesis_stream_equals_the_one_its_consumers_built() {
     let moto = Moto::start();
     moto.create_stream("replay-stream", 2).await;
-    let env = moto.env();
-    let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let envs = moto.env();
     let pg = PgCluster::start();
     let src = pg.create_db("src").await;
     let wh = pg.create_db("wh").await;

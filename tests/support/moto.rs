@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 pub struct Moto {
     child: Child,
     pub port: u16,
+    endpoint: String,
 }
 
 impl Moto {
@@ -26,20 +27,24 @@ impl Moto {
             assert!(Instant::now() < deadline, "moto_server did not start");
             std::thread::sleep(Duration::from_millis(100));
         }
-        Self { child, port }
+        Self {
+            child,
+            port,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        }
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        self.endpoint.clone()
     }
 
     /// The environment a totes-cdc process needs to use this emulator.
-    pub fn env(&self) -> Vec<(String, String)> {
+    pub fn env(&self) -> Vec<(&'static str, &str)> {
         vec![
-            ("AWS_ENDPOINT_URL".into(), self.endpoint()),
-            ("AWS_ACCESS_KEY_ID".into(), "testing".into()),
-            ("AWS_SECRET_ACCESS_KEY".into(), "testing".into()),
-            ("AWS_REGION".into(), "us-east-1".into()),
+            ("AWS_ENDPOINT_URL", &self.endpoint),
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_REGION", "us-east-1"),
         ]
     }
 

@@ -36,6 +36,7 @@ pub struct Metrics {
     pub kinesis_throttled_total: IntCounter,
     pub kinesis_failed_records_total: IntCounter,
     pub kinesis_inflight_requests: IntGauge,
+    pub kinesis_sequence_collisions_total: IntCounter,
     // Kinesis consumer
     pub kinesis_millis_behind_latest: IntGaugeVec,
     pub shards_owned: IntGauge,
@@ -170,6 +171,7 @@ pub fn get() -> &'static Metrics {
             kinesis_throttled_total: counter(&mut b, "kinesis_throttled_total", "PutRecords answers with throttled or failed requests."),
             kinesis_failed_records_total: counter(&mut b, "kinesis_failed_records_total", "PutRecords entries that failed and were retried."),
             kinesis_inflight_requests: gauge(&mut b, "kinesis_inflight_requests", "PutRecords requests in flight."),
+            kinesis_sequence_collisions_total: counter(&mut b, "kinesis_sequence_collisions_total", "Records the Kinesis endpoint acknowledged under a sequence number it had just given another record (it kept one of the two; both were sent again)."),
             kinesis_millis_behind_latest: gauge_vec(&mut b, "kinesis_millis_behind_latest", "How far a consumer is behind the tip of a shard (GetRecords MillisBehindLatest).", &["shard"]),
             shards_owned: gauge(&mut b, "shards_owned", "Shards this consumer holds the lease of."),
             lease_changes_total: counter(&mut b, "lease_changes_total", "Shard leases taken or released."),

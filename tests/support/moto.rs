@@ -11,12 +11,24 @@ pub struct Moto {
 }
 
 impl Moto {
+    /// moto with its Kinesis data calls made atomic (see `moto_server.py`: moto itself can
+    /// store two concurrently put records under one sequence number, losing one).
     pub fn start() -> Self {
         Self::start_on(super::pg::free_port())
     }
 
     pub fn start_on(port: u16) -> Self {
-        let child = Command::new("moto_server")
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/moto_server.py");
+        Self::spawn(Command::new("python3").arg(script), port)
+    }
+
+    /// moto as it is, concurrency defects included.
+    pub fn start_unlocked() -> Self {
+        Self::spawn(&mut Command::new("moto_server"), super::pg::free_port())
+    }
+
+    fn spawn(cmd: &mut Command, port: u16) -> Self {
+        let child = cmd
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())

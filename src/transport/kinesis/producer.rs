@@ -2,11 +2,19 @@
 //! service limit (500 records, 5 MiB per request, 1 MiB per record), several requests in flight.
 //!
 //! Order per key: a request holds at most one record of a partition key, and a key with a
-//! record in flight or waiting for a retry sends nothing later, so a failed entry is retried
-//! before any later version of its row. Acknowledgement: everything up to item N is durable
-//! once every record up to N is acknowledged by Kinesis; only then does capture confirm.
+//! record in flight, waiting for a retry or being verified sends nothing later, so a failed
+//! entry is retried before any later version of its row. Acknowledgement: everything up to item
+//! N is durable once every record up to N is acknowledged by Kinesis and verified; only then
+//! does capture confirm.
+//!
+//! Verification: a shard never gives two records one sequence number. An endpoint that does
+//! (moto's `put_record` reads the shard's last number and stores under the next without a lock,
+//! so two PutRecords served at once can both get number n and the later overwrites the
+//! earlier, each answered as a success) has lost one of them. A record is therefore
+//! acknowledged only once every request that was in flight when its answer came has answered
+//! too (only those can collide with it), and records that shared a number are sent again.
 
-use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,6 +57,8 @@ pub struct ProducerStats {
     pub failed_records: AtomicU64,
     pub inflight: AtomicU64,
     pub oversized: AtomicU64,
+    /// Pairs of records the endpoint stored under one sequence number (both sent again).
+    pub collisions: AtomicU64,
     /// Microseconds spent in PutRecords, summed (with `requests`, the mean).
     pub put_us: AtomicU64,
 }
@@ -59,11 +69,84 @@ struct Rec {
     data: Bytes,
 }
 
-type Sent = (
-    Vec<Rec>,
-    Result<Vec<Option<String>>, KinesisError>,
-    Duration,
-);
+/// One entry's answer: where Kinesis stored it (shard, sequence number), or its error code.
+type Answer = Result<(String, String), String>;
+
+/// A finished request: its id, its records, their answers, and how long it took.
+type Sent = (u64, Vec<Rec>, Result<Vec<Answer>, KinesisError>, Duration);
+
+/// Records Kinesis acknowledged, held until no request that could collide with them is left.
+#[derive(Default)]
+struct Verifying {
+    /// (gate, seqno) in answer order: the record is verified once every request with an id up
+    /// to `gate` (those spawned before its answer came) has answered. Gates never decrease.
+    queue: VecDeque<(u64, u64)>,
+    /// seqno → the record and where it was stored.
+    held: HashMap<u64, (Rec, (String, String))>,
+    /// (shard, sequence number) → seqno of the held record stored there, or `None` once two
+    /// records were answered with it (a third answered with it is sent again too).
+    stored_at: HashMap<(String, String), Option<u64>>,
+    /// (gate, place) of collisions, forgotten like held records.
+    collided: VecDeque<(u64, (String, String))>,
+}
+
+impl Verifying {
+    /// Holds an acknowledged record; returns the records to send again when another record
+    /// was answered with the same (shard, sequence number): the endpoint kept only one of them.
+    fn hold(&mut self, gate: u64, rec: Rec, at: (String, String)) -> Vec<Rec> {
+        match self.stored_at.get(&at).copied() {
+            None => {
+                self.stored_at.insert(at.clone(), Some(rec.seqno));
+                self.queue.push_back((gate, rec.seqno));
+                self.held.insert(rec.seqno, (rec, at));
+                Vec::new()
+            }
+            Some(None) => vec![rec],
+            Some(Some(other)) => {
+                self.stored_at.insert(at.clone(), None);
+                self.collided.push_back((gate, at));
+                let mut again = vec![rec];
+                if let Some((twin, _)) = self.held.remove(&other) {
+                    again.push(twin);
+                }
+                again
+            }
+        }
+    }
+
+    /// Releases the records whose colliders have all answered (`oldest_running`: the lowest id
+    /// of a request still in flight).
+    fn release(&mut self, oldest_running: Option<u64>) -> Vec<Rec> {
+        let done = |gate: u64| oldest_running.is_none_or(|r| r > gate);
+        let mut out = Vec::new();
+        while let Some(&(gate, seqno)) = self.queue.front() {
+            if !done(gate) {
+                break;
+            }
+            self.queue.pop_front();
+            // Absent: it collided and went back to be sent again.
+            if let Some((rec, at)) = self.held.remove(&seqno) {
+                self.stored_at.remove(&at);
+                out.push(rec);
+            }
+        }
+        while let Some((gate, _)) = self.collided.front() {
+            if !done(*gate) {
+                break;
+            }
+            if let Some((_, at)) = self.collided.pop_front() {
+                if self.stored_at.get(&at) == Some(&None) {
+                    self.stored_at.remove(&at);
+                }
+            }
+        }
+        out
+    }
+
+    fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+}
 
 /// Partial-failure injection for the tests: `TOTES_CDC_FAULT=kinesis-fail:<percent>` fails that
 /// share of entries as throttled, before they are sent.
@@ -121,6 +204,68 @@ async fn record_of(
     })
 }
 
+/// One PutRecords request: each entry's answer in the order sent. Injected failures (tests)
+/// are answered as throttled without being sent.
+async fn put_records(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+    region: &str,
+    taken: &[Rec],
+    injected: &[bool],
+) -> Result<Vec<Answer>, KinesisError> {
+    let mut entries = Vec::with_capacity(taken.len());
+    for (r, _) in taken.iter().zip(injected).filter(|(_, &inj)| !inj) {
+        let entry = PutRecordsRequestEntry::builder()
+            .data(Blob::new(r.data.to_vec()))
+            .partition_key(r.key.clone())
+            .build()
+            .map_err(|e| KinesisError::Other(format!("building a PutRecords entry: {e}")))?;
+        entries.push(entry);
+    }
+    let mut answers: std::vec::IntoIter<Answer> = if entries.is_empty() {
+        Vec::new().into_iter()
+    } else {
+        let sent = entries.len();
+        let out = client
+            .put_records()
+            .stream_name(stream)
+            .set_records(Some(entries))
+            .send()
+            .await
+            .map_err(|e| classify(e, stream, region))?;
+        let answers: Vec<Answer> = out
+            .records()
+            .iter()
+            .map(
+                |e| match (e.error_code(), e.shard_id(), e.sequence_number()) {
+                    (None, Some(shard), Some(seq)) => Ok((shard.to_string(), seq.to_string())),
+                    (Some(code), _, _) => Err(code.to_string()),
+                    _ => Err("answered without a shard and sequence number".to_string()),
+                },
+            )
+            .collect();
+        if answers.len() != sent {
+            // Unmatched answers cannot be told apart: every entry is sent again.
+            tracing::warn!(sent, answered = answers.len(), "PutRecords answered a different number of entries than were sent; sending them again");
+            vec![Err("answer count mismatch".to_string()); sent].into_iter()
+        } else {
+            answers.into_iter()
+        }
+    };
+    Ok(injected
+        .iter()
+        .map(|&inj| {
+            if inj {
+                Err("ProvisionedThroughputExceededException".to_string())
+            } else {
+                answers
+                    .next()
+                    .unwrap_or_else(|| Err("no answer".to_string()))
+            }
+        })
+        .collect())
+}
+
 /// Sends items to Kinesis until the channel closes and everything is acknowledged.
 pub async fn run(
     mut rx: mpsc::Receiver<Item>,
@@ -135,6 +280,10 @@ pub async fn run(
     let mut outstanding: BTreeSet<u64> = BTreeSet::new();
     let mut inflight_keys: HashSet<String> = HashSet::new();
     let mut inflight: JoinSet<Sent> = JoinSet::new();
+    // Request ids: spawned in increasing order; `running` holds those not yet answered.
+    let mut next_request: u64 = 0;
+    let mut running: BTreeSet<u64> = BTreeSet::new();
+    let mut verifying = Verifying::default();
     let mut last_seen: u64 = 0;
     let mut open = true;
     let mut backoff = crate::capture::Backoff::new();
@@ -187,57 +336,18 @@ pub async fn run(
                 rng ^= rng << 17;
                 injected.push(fail_pct > 0 && rng % 100 < fail_pct);
             }
+            let id = next_request;
+            next_request += 1;
+            running.insert(id);
             inflight.spawn(async move {
                 let started = std::time::Instant::now();
-                let entries: Vec<PutRecordsRequestEntry> = taken
-                    .iter()
-                    .zip(&injected)
-                    .filter(|(_, &inj)| !inj)
-                    .filter_map(|(r, _)| {
-                        PutRecordsRequestEntry::builder()
-                            .data(Blob::new(r.data.to_vec()))
-                            .partition_key(r.key.clone())
-                            .build()
-                            .ok()
-                    })
-                    .collect();
-                let result = if entries.is_empty() {
-                    Ok(Vec::new())
-                } else {
-                    client
-                        .put_records()
-                        .stream_name(&stream)
-                        .set_records(Some(entries))
-                        .send()
-                        .await
-                        .map(|out| {
-                            out.records()
-                                .iter()
-                                .map(|e| e.error_code().map(str::to_string))
-                                .collect::<Vec<_>>()
-                        })
-                        .map_err(|e| classify(e, &stream, &region))
-                };
-                // Put the injected failures back in their places.
-                let result = result.map(|codes| {
-                    let mut codes = codes.into_iter();
-                    injected
-                        .iter()
-                        .map(|&inj| {
-                            if inj {
-                                Some("ProvisionedThroughputExceededException".to_string())
-                            } else {
-                                codes.next().flatten()
-                            }
-                        })
-                        .collect()
-                });
-                (taken, result, started.elapsed())
+                let result = put_records(&client, &stream, &region, &taken, &injected).await;
+                (id, taken, result, started.elapsed())
             });
         }
 
         let can_take = open && pending.len() < cfg.max_pending.max(1);
-        if !open && pending.is_empty() && inflight.is_empty() {
+        if !open && pending.is_empty() && inflight.is_empty() && verifying.is_empty() {
             acker.ack(last_seen);
             tracing::info!(
                 records = stats.records.load(Ordering::Relaxed),
@@ -279,37 +389,47 @@ pub async fn run(
             },
             done = inflight.join_next(), if !inflight.is_empty() => {
                 let Some(done) = done else { continue };
-                let (sent, result, took) = done.map_err(|e| KinesisError::Other(format!("a PutRecords task failed: {e}")))?;
+                let (id, sent, result, took) = done.map_err(|e| KinesisError::Other(format!("a PutRecords task failed: {e}")))?;
+                running.remove(&id);
                 stats.requests.fetch_add(1, Ordering::Relaxed);
                 stats.put_us.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
                 stats.inflight.store(inflight.len() as u64, Ordering::Relaxed);
                 m.kinesis_put_seconds.observe(took.as_secs_f64());
                 m.kinesis_inflight_requests.set(inflight.len() as i64);
-                for r in &sent {
-                    inflight_keys.remove(&r.key);
-                }
-                let codes = match result {
-                    Ok(codes) => codes,
+                let answers = match result {
+                    Ok(answers) => answers,
                     Err(e) if e.is_transient() => {
                         stats.throttled.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!("PutRecords failed, retrying {} records: {e}", sent.len());
-                        vec![Some("request failed".to_string()); sent.len()]
+                        vec![Err("request failed".to_string()); sent.len()]
                     }
                     Err(e) => return Err(e),
                 };
                 let total = sent.len();
+                // Requests spawned so far may have been served while this one was.
+                let gate = next_request.saturating_sub(1);
                 let mut failed: Vec<Rec> = Vec::new();
                 let mut throttled = false;
-                for (r, code) in sent.into_iter().zip(codes) {
-                    match code {
-                        None => {
-                            outstanding.remove(&r.seqno);
-                            stats.records.fetch_add(1, Ordering::Relaxed);
-                            stats.bytes.fetch_add((r.data.len() + r.key.len()) as u64, Ordering::Relaxed);
-                            m.kinesis_records_total.inc();
-                            m.kinesis_bytes_total.inc_by((r.data.len() + r.key.len()) as u64);
+                let mut stored = 0;
+                for (r, answer) in sent.into_iter().zip(answers) {
+                    match answer {
+                        Ok(at) => {
+                            stored += 1;
+                            let again = verifying.hold(gate, r, at);
+                            if !again.is_empty() {
+                                stats.collisions.fetch_add(1, Ordering::Relaxed);
+                                m.kinesis_sequence_collisions_total.inc();
+                                tracing::warn!(
+                                    "Kinesis acknowledged two records with one sequence number, so it kept only one of them (an emulator that serves PutRecords concurrently without a lock does this; the real service never does): both are sent again"
+                                );
+                                for t in again {
+                                    inflight_keys.remove(&t.key);
+                                    failed.push(t);
+                                }
+                            }
                         }
-                        Some(code) => {
+                        Err(code) => {
+                            inflight_keys.remove(&r.key);
                             throttled |= code.contains("Throughput") || code.contains("failed");
                             stats.failed_records.fetch_add(1, Ordering::Relaxed);
                             m.kinesis_failed_records_total.inc();
@@ -317,7 +437,7 @@ pub async fn run(
                         }
                     }
                 }
-                if failed.len() < total {
+                if stored > 0 {
                     backoff = crate::capture::Backoff::new();
                 }
                 if !failed.is_empty() {
@@ -327,7 +447,7 @@ pub async fn run(
                     }
                     // Some entries went through: the stream has room, retry soon. None did:
                     // back off exponentially (with jitter).
-                    let delay = if failed.len() < total {
+                    let delay = if stored > 0 || failed.len() < total {
                         Duration::from_millis(20 + rng % 80)
                     } else {
                         backoff.next_delay().min(Duration::from_secs(5))
@@ -349,6 +469,15 @@ pub async fn run(
                     merged.extend(rest);
                     pending = merged;
                 }
+                for r in verifying.release(running.first().copied()) {
+                    inflight_keys.remove(&r.key);
+                    outstanding.remove(&r.seqno);
+                    let size = (r.data.len() + r.key.len()) as u64;
+                    stats.records.fetch_add(1, Ordering::Relaxed);
+                    stats.bytes.fetch_add(size, Ordering::Relaxed);
+                    m.kinesis_records_total.inc();
+                    m.kinesis_bytes_total.inc_by(size);
+                }
                 let watermark = outstanding.first().map_or(last_seen, |s| s - 1);
                 acker.ack(watermark);
             },
@@ -356,5 +485,57 @@ pub async fn run(
                 pause_until = None;
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(seqno: u64) -> Rec {
+        Rec {
+            seqno,
+            key: format!("k{seqno}"),
+            data: Bytes::from_static(b"{}"),
+        }
+    }
+
+    fn at(seq: &str) -> (String, String) {
+        ("shardId-000000000000".to_string(), seq.to_string())
+    }
+
+    fn seqnos(recs: &[Rec]) -> Vec<u64> {
+        let mut v: Vec<u64> = recs.iter().map(|r| r.seqno).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_record_waits_for_every_request_that_could_collide_with_it() {
+        let mut v = Verifying::default();
+        // Request 0 answers while request 1 is still in flight (gate 1).
+        assert!(v.hold(1, rec(1), at("10")).is_empty());
+        assert!(v.release(Some(1)).is_empty(), "request 1 may still collide");
+        // Request 1 answers with another number: both are verified.
+        assert!(v.hold(1, rec(2), at("11")).is_empty());
+        assert_eq!(seqnos(&v.release(None)), vec![1, 2]);
+        assert!(v.is_empty() && v.stored_at.is_empty());
+    }
+
+    #[test]
+    fn records_under_one_sequence_number_all_go_back() {
+        let mut v = Verifying::default();
+        assert!(v.hold(2, rec(1), at("10")).is_empty());
+        assert_eq!(seqnos(&v.hold(2, rec(2), at("10"))), vec![1, 2]);
+        // A third answered with the same number may be the one that was overwritten.
+        assert_eq!(seqnos(&v.hold(2, rec(3), at("10"))), vec![3]);
+        assert!(
+            v.release(None).is_empty(),
+            "nothing of them is acknowledged"
+        );
+        assert!(v.stored_at.is_empty() && v.collided.is_empty());
+        // The same number given again later (after the resend) is no collision.
+        assert!(v.hold(3, rec(4), at("10")).is_empty());
+        assert_eq!(seqnos(&v.release(None)), vec![4]);
     }
 }

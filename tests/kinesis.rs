@@ -437,3 +437,354 @@ async fn a_missing_stream_or_an_unreachable_endpoint_stops_with_the_fix() {
         .get(0);
     assert_eq!(slots, 0);
 }
+
+/// A small xorshift generator for the kill schedule; the seed is printed so a failing run can
+/// be repeated (`TOTES_CDC_TEST_SEED`).
+struct Dice(u64);
+
+impl Dice {
+    fn new() -> Self {
+        let seed = std::env::var("TOTES_CDC_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(7)
+                    | 1
+            });
+        eprintln!("kill schedule seed {seed}");
+        Self(seed)
+    }
+
+    fn millis(&mut self, lo: u64, hi: u64) -> Duration {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        Duration::from_millis(lo + self.0 % (hi - lo + 1))
+    }
+}
+
+/// (table, key, lsn, seq) of a change envelope.
+fn change_of(d: &Value) -> Option<(String, String, String, i64)> {
+    Some((
+        d["source"]["table"].as_str()?.to_string(),
+        d["key"].to_string(),
+        d["source"]["lsn"].as_str()?.to_string(),
+        d["source"]["seq"].as_i64()?,
+    ))
+}
+
+fn lsn_of(s: &str) -> u64 {
+    let (hi, lo) = s.split_once('/').expect("an LSN");
+    (u64::from_str_radix(hi, 16).expect("hex") << 32) | u64::from_str_radix(lo, 16).expect("hex")
+}
+
+/// Issue 17: the real fixture, the totesys workload, `stream --sink kinesis` and two consumers
+/// over 4 shards, the streamer killed during its initial snapshot and during streaming, the
+/// consumers killed too. Afterwards every change committed after the slot's consistent point is
+/// in the stream, `verify` finds staging equal to the source, the star is the transform, and
+/// the facts hold one version per change (and at most one snapshot version per row).
+async fn kills_through_kinesis_lose_nothing(extra: &[&str], fault: Option<&str>) {
+    let mut dice = Dice::new();
+    let moto = Moto::start();
+    moto.create_stream("real", 4).await;
+    let pg = PgCluster::start();
+    let src = pg.create_db("src").await;
+    let wh = pg.create_db("wh").await;
+    src.batch_execute(&support::totesys_schema()).await.unwrap();
+    support::fixture::load(&src).await;
+    totesys::publish(&src).await;
+    let (src_url, wh_url) = (pg.url("src"), pg.url("wh"));
+    let mut e = moto.env();
+    let (ok, out, err) = support::run(
+        &[
+            "setup",
+            "--source-url",
+            &src_url,
+            "--warehouse-url",
+            &wh_url,
+        ],
+        &e,
+    );
+    assert!(ok.success(), "{out}{err}");
+    let state = support::temp_dir("kreal").to_string_lossy().into_owned();
+    let lake = format!("{state}/lake");
+    let oracle_state = format!("{state}/oracle");
+    let oracle = Proc::spawn(
+        &[
+            "stream",
+            "--sink",
+            "stdout",
+            "--slot",
+            "oracle",
+            "--source-url",
+            &src_url,
+            "--state-dir",
+            &oracle_state,
+        ],
+        &[],
+    );
+    oracle.wait_log("streaming changes", WAIT);
+    if let Some(f) = fault {
+        e.push(("TOTES_CDC_FAULT", f));
+    }
+    let mut stream_args = stream_kinesis_args("real", &src_url, &state, &lake);
+    stream_args.extend(extra);
+    let consumer_args = |id: &'static str| {
+        let mut args = consume_args("real", &wh_url, &lake);
+        args.extend(["--consumer-id", id]);
+        args
+    };
+    // The source is busy before the slot exists and all along.
+    let stop = Arc::new(AtomicBool::new(false));
+    let workload = totesys::spawn_workload(src_url.clone(), stop.clone(), Duration::from_millis(5));
+    let mut a = Proc::spawn(&consumer_args("a"), &e);
+    let mut b = Proc::spawn(&consumer_args("b"), &e);
+
+    // Kills inside the initial snapshot, each redo included.
+    let mut streamer = Proc::spawn(&stream_args, &e);
+    let mut in_snapshot = 0;
+    for _ in 0..3 {
+        streamer.wait_log("initial snapshot started", WAIT);
+        std::thread::sleep(dice.millis(300, 1500));
+        let done = streamer.stderr().contains("initial snapshot complete");
+        streamer.kill9();
+        if !done {
+            in_snapshot += 1;
+        }
+        streamer = Proc::spawn(&stream_args, &e);
+        if done {
+            break;
+        }
+    }
+    assert!(
+        in_snapshot >= 1,
+        "no kill landed inside the initial snapshot"
+    );
+    // Kills while streaming: the streamer, then each consumer, at random moments.
+    streamer.wait_log("streaming changes", WAIT);
+    for round in 0..4 {
+        std::thread::sleep(dice.millis(500, 2500));
+        match round % 3 {
+            0 => {
+                streamer.kill9();
+                streamer = Proc::spawn(&stream_args, &e);
+            }
+            1 => {
+                a.kill9();
+                a = Proc::spawn(&consumer_args("a"), &e);
+            }
+            _ => {
+                b.kill9();
+                b = Proc::spawn(&consumer_args("b"), &e);
+            }
+        }
+    }
+    std::thread::sleep(dice.millis(500, 1500));
+    stop.store(true, Ordering::Relaxed);
+    assert!(workload.await.unwrap() > 50);
+
+    // Drained: the star is the transform of the source.
+    wait_star(&src, &wh, Duration::from_secs(600)).await;
+    let marker: i64 = src
+        .query_one("SELECT max(payment_id)::bigint FROM payment", &[])
+        .await
+        .unwrap()
+        .get(0);
+    oracle.wait_events("the oracle", WAIT, |ev| {
+        ev.iter().any(|e| {
+            e["source"]["table"] == "payment" && e["key"]["payment_id"].as_i64() == Some(marker)
+        })
+    });
+    let snapshot_state: Value = serde_json::from_slice(
+        &std::fs::read(format!("{state}/totes_cdc.snapshot.json")).expect("snapshot state"),
+    )
+    .unwrap();
+    let cp = lsn_of(snapshot_state["consistent_point"].as_str().unwrap());
+    assert!(
+        snapshot_state["attempt"].as_u64().unwrap() >= 1,
+        "{snapshot_state}"
+    );
+
+    // Every change committed after the consistent point is in the stream.
+    let events = oracle.events();
+    let after_cp: Vec<&Value> = events
+        .iter()
+        .filter(|e| !e["source"]["xid"].is_null())
+        .filter(|e| lsn_of(e["source"]["lsn"].as_str().unwrap()) >= cp)
+        .collect();
+    let want: BTreeSet<_> = after_cp.iter().filter_map(|e| change_of(e)).collect();
+    let got: BTreeSet<_> = moto
+        .read_all("real")
+        .iter()
+        .filter_map(|r| change_of(&r["data"]))
+        .collect();
+    let missing: Vec<_> = want.difference(&got).take(10).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} changes are in no record, e.g. {missing:?}",
+        want.difference(&got).count(),
+        want.len()
+    );
+
+    // verify: staging equals the source row for row.
+    let (status, out, err) = support::run(
+        &[
+            "verify",
+            "--source-url",
+            &src_url,
+            "--warehouse-url",
+            &wh_url,
+        ],
+        &[],
+    );
+    assert!(
+        status.success() && out.contains("no differences"),
+        "{out}{err}"
+    );
+
+    // One fact version per change after the consistent point, at most one snapshot version
+    // per row, and every row untouched since the consistent point has its snapshot version.
+    let streamed: Vec<Value> = after_cp.into_iter().cloned().collect();
+    let expected = star::oracle_versions(&streamed);
+    let actual = star::fact_versions(&wh).await;
+    let (snap, changes): (BTreeSet<_>, BTreeSet<_>) = actual.into_iter().partition(|v| v.3 < 0);
+    let lost: Vec<_> = expected.difference(&changes).take(5).collect();
+    let extra: Vec<_> = changes.difference(&expected).take(5).collect();
+    assert!(
+        lost.is_empty() && extra.is_empty(),
+        "fact versions of changes: lost {lost:?}, extra {extra:?}"
+    );
+    let mut per_key: BTreeMap<(String, i64), usize> = BTreeMap::new();
+    for v in &snap {
+        *per_key.entry((v.0.clone(), v.1)).or_default() += 1;
+    }
+    let twice: Vec<_> = per_key.iter().filter(|(_, &n)| n > 1).take(5).collect();
+    assert!(
+        twice.is_empty(),
+        "rows with two snapshot versions: {twice:?}"
+    );
+    let touched: BTreeSet<(String, i64)> = expected.iter().map(|v| (v.0.clone(), v.1)).collect();
+    for (table, key) in [
+        ("sales_order", "sales_order_id"),
+        ("purchase_order", "purchase_order_id"),
+        ("payment", "payment_id"),
+    ] {
+        let rows = src
+            .query(&format!("SELECT {key}::bigint FROM {table}"), &[])
+            .await
+            .unwrap();
+        let unversioned: Vec<i64> = rows
+            .iter()
+            .map(|r| r.get::<_, i64>(0))
+            .filter(|k| {
+                !touched.contains(&(table.to_string(), *k))
+                    && !per_key.contains_key(&(table.to_string(), *k))
+            })
+            .take(5)
+            .collect();
+        assert!(
+            unversioned.is_empty(),
+            "{table} rows untouched since the snapshot without a version: {unversioned:?}"
+        );
+    }
+    drop((a, b, streamer));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kills_lose_nothing_on_the_real_fixture_with_the_defaults() {
+    kills_through_kinesis_lose_nothing(&[], None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kills_lose_nothing_with_one_request_a_small_budget_and_partial_failures() {
+    kills_through_kinesis_lose_nothing(
+        &["--kinesis-concurrency", "1", "--channel-max-bytes", "1MiB"],
+        Some("kinesis-fail:20"),
+    )
+    .await;
+}
+
+/// Against moto as it is, which can answer two concurrent PutRecords entries with one
+/// sequence number and keep only one of them: the producer sees the collision, sends both again,
+/// and nothing is lost (without that check this loses records at about 1.5%).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_endpoint_that_stores_two_records_under_one_number_loses_nothing() {
+    let moto = Moto::start_unlocked();
+    moto.create_stream("twins", 4).await;
+    let pg = PgCluster::start();
+    let src = pg.create_db("src").await;
+    totesys::create(&src).await;
+    totesys::publish(&src).await;
+    let url = pg.url("src");
+    let state = support::temp_dir("ktwins").to_string_lossy().into_owned();
+    let oracle_state = format!("{state}/oracle");
+    let oracle = Proc::spawn(
+        &[
+            "stream",
+            "--sink",
+            "stdout",
+            "--slot",
+            "oracle",
+            "--source-url",
+            &url,
+            "--state-dir",
+            &oracle_state,
+        ],
+        &[],
+    );
+    oracle.wait_log("streaming changes", WAIT);
+    let lake = format!("{state}/lake");
+    let mut args = stream_kinesis_args("twins", &url, &state, &lake);
+    args.extend(["--kinesis-concurrency", "8"]);
+    let p = Proc::spawn(&args, &moto.env());
+    p.wait_log("streaming changes", WAIT);
+    let stop = Arc::new(AtomicBool::new(false));
+    let workload = totesys::spawn_workload(url.clone(), stop.clone(), Duration::from_millis(2));
+    std::thread::sleep(Duration::from_secs(15));
+    stop.store(true, Ordering::Relaxed);
+    workload.await.unwrap();
+    let marker: i64 = src
+        .query_one("SELECT max(payment_id)::bigint FROM payment", &[])
+        .await
+        .unwrap()
+        .get(0);
+    oracle.wait_events("the oracle", WAIT, |ev| {
+        ev.iter().any(|e| {
+            e["source"]["table"] == "payment" && e["key"]["payment_id"].as_i64() == Some(marker)
+        })
+    });
+    let want: BTreeSet<_> = oracle
+        .events()
+        .iter()
+        .filter(|e| !e["source"]["xid"].is_null())
+        .filter_map(change_of)
+        .collect();
+    let mut missing = want.len();
+    for _ in 0..240 {
+        let got: BTreeSet<_> = moto
+            .read_all("twins")
+            .iter()
+            .filter_map(|r| change_of(&r["data"]))
+            .collect();
+        missing = want.difference(&got).count();
+        if missing == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let collisions = p
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("two records with one sequence number"))
+        .count();
+    eprintln!("{collisions} collisions seen and repaired");
+    assert_eq!(
+        missing,
+        0,
+        "{missing} of {} changes lost ({collisions} collisions seen)",
+        want.len()
+    );
+}

@@ -8,6 +8,7 @@ pub mod heartbeat;
 pub mod monitor;
 pub mod pgoutput;
 pub mod preflight;
+pub mod redo;
 pub mod slot;
 pub mod snapshot;
 pub mod state;
@@ -167,6 +168,7 @@ pub async fn run(
                     url: url.clone(),
                     tables: schemas,
                     snapshot_name: text(2),
+                    skip: None,
                     consistent_point: cp,
                     attempt: 0,
                     parallelism: cfg.snapshot_parallelism,
@@ -186,10 +188,6 @@ pub async fn run(
                 let state = state_file.load()?;
                 let (mut state, todo) = unfinished_tables(state, &cfg.slot, confirmed, &tables);
                 if !todo.is_empty() {
-                    tracing::warn!(
-                        tables = todo.len(),
-                        "the initial snapshot did not finish (or its record is gone): copying the unfinished tables again under a fresh snapshot"
-                    );
                     let mut schemas = Vec::new();
                     for t in &todo {
                         schemas.push(catalog.table_schema(t, &cfg.publication).await?);
@@ -206,15 +204,37 @@ pub async fn run(
                     }
                     state_file.store(&state)?;
                     let cp = Lsn::parse(&state.consistent_point).unwrap_or(confirmed);
+                    // The rows as they were at the consistent point (see `redo`).
+                    let exported = redo::export_snapshot(url, &cfg.slot, &cfg.publication).await?;
+                    let changed = redo::changed_keys(
+                        url,
+                        &mut catalog,
+                        &cfg.slot,
+                        &cfg.publication,
+                        exported.consistent_point,
+                        &schemas,
+                    )
+                    .await?;
+                    tracing::warn!(
+                        tables = todo.len(),
+                        attempt = state.attempt,
+                        consistent_point = %cp,
+                        redo_snapshot_at = %exported.consistent_point,
+                        changed_rows_left_to_the_stream = changed.len(),
+                        "the initial snapshot did not finish: copying the unfinished tables again as they were at the consistent point"
+                    );
                     let job = SnapshotJob {
                         url: url.clone(),
                         tables: schemas,
-                        snapshot_name: None,
+                        snapshot_name: Some(exported.name.clone()),
+                        skip: Some(Arc::new(changed)),
                         consistent_point: cp,
                         attempt: state.attempt,
                         parallelism: cfg.snapshot_parallelism,
                     };
                     run_snapshot(job, &mut sink, &state_file, &mut state, &stats).await?;
+                    // Ends the temporary slot's session (and so the slot).
+                    drop(exported);
                 } else if !state.complete {
                     state.complete = true;
                     state_file.store(&state)?;

@@ -9,6 +9,7 @@ use futures_util::{pin_mut, StreamExt};
 use tokio::sync::mpsc;
 
 use super::copy_text::parse_row;
+use super::redo::ChangedKeys;
 use super::state::{SnapshotState, StateFile};
 use super::CaptureError;
 use crate::event::{ChangeEvent, Lsn, Op, Position, TableSchema};
@@ -18,9 +19,11 @@ use crate::transport::{ItemKind, SinkSender};
 pub struct SnapshotJob {
     pub url: PgUrl,
     pub tables: Vec<Arc<TableSchema>>,
-    /// The snapshot exported by the slot's creation; `None` redoes unfinished tables under a
-    /// fresh snapshot (their rows are then re-applied by the stream, which starts earlier).
+    /// The snapshot to copy under: the one the slot's creation exported, or for a redo after
+    /// a crash the one a temporary slot exported (see `redo`).
     pub snapshot_name: Option<String>,
+    /// For a redo: the rows changed since the consistent point, left to the stream.
+    pub skip: Option<Arc<ChangedKeys>>,
     /// The slot's consistent point (not adjusted for the attempt).
     pub consistent_point: Lsn,
     /// 0 for the slot's exported snapshot, counting up with each redo.
@@ -54,9 +57,10 @@ pub async fn run_snapshot(
         let tx = tx.clone();
         let url = job.url.clone();
         let snapshot = job.snapshot_name.clone();
+        let skip = job.skip.clone();
         let (cp, attempt) = (job.consistent_point, job.attempt);
         handles.push(tokio::spawn(async move {
-            copy_worker(url, snapshot, cp, attempt, ts, queue, tx).await
+            copy_worker(url, snapshot, skip, cp, attempt, ts, queue, tx).await
         }));
     }
     drop(tx);
@@ -131,9 +135,11 @@ pub async fn run_snapshot(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn copy_worker(
     url: PgUrl,
     snapshot: Option<String>,
+    skip: Option<Arc<ChangedKeys>>,
     cp: Lsn,
     attempt: u32,
     ts: i64,
@@ -201,12 +207,16 @@ async fn copy_worker(
                         message: format!("snapshot of {name}: {m}"),
                         hint: "this is a bug; please report it with the table's definition".into(),
                     })?;
+                let key = ChangeEvent::key_of(&table, &after);
+                if skip.as_ref().is_some_and(|s| s.skips(&name, &key)) {
+                    continue;
+                }
                 let ev = ChangeEvent {
                     op: Op::Read,
                     position: Position::snapshot(cp, attempt, rows),
                     xid: None,
                     commit_ts_us: ts,
-                    key: Some(ChangeEvent::key_of(&table, &after)),
+                    key: Some(key),
                     table: table.clone(),
                     before: None,
                     after: Some(after),

@@ -10,7 +10,7 @@ run: deps
 
 ## test: every test, against real PostgreSQL servers the tests start themselves
 test: deps
-	$(CARGO) test --no-fail-fast
+	$(CARGO) test --features failpoints --no-fail-fast
 
 ## build: the release binary (target/release/totes-cdc)
 build:
@@ -19,7 +19,8 @@ build:
 ## lint: formatting and clippy, warnings are errors
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --lib --bins --benches -- -D warnings
+	$(CARGO) clippy --all-targets --features failpoints -- -D warnings
 
 ## bench: throughput against the physical limit (pg_recvlogical), written to BENCHMARKS.md
 bench: deps

@@ -8,7 +8,9 @@
 //! `--write` records the results in BENCHMARKS.md. Run with `make bench`.
 
 mod common;
+// A benchmark uses part of the tests' support.
 #[path = "../tests/support/mod.rs"]
+#[allow(dead_code)]
 mod support;
 
 use std::sync::Arc;

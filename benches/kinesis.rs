@@ -12,7 +12,9 @@
 //! `--write` records the results in BENCHMARKS.md. Run with `make bench`.
 
 mod common;
+// A benchmark uses part of the tests' support.
 #[path = "../tests/support/mod.rs"]
+#[allow(dead_code)]
 mod support;
 
 use std::time::Instant;

@@ -118,7 +118,7 @@ pub async fn run(
                         ms = started.elapsed().as_millis() as u64,
                         "batch applied"
                     );
-                    crate::fault::point("after-commit");
+                    crate::fault::point(crate::fault::Point::AfterCommit);
                     acker.ack(batch.last_seqno);
                     break;
                 }

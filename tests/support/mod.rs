@@ -1,5 +1,4 @@
 //! Shared test support: throwaway PostgreSQL clusters and the totes-cdc binary as a process.
-#![allow(dead_code, unused_imports)]
 
 pub mod compare;
 pub mod fixture;

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 pub struct Moto {
     child: Child,
-    pub port: u16,
     endpoint: String,
 }
 
@@ -41,7 +40,6 @@ impl Moto {
         }
         Self {
             child,
-            port,
             endpoint: format!("http://127.0.0.1:{port}"),
         }
     }

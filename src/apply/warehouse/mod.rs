@@ -828,7 +828,7 @@ async fn write_lake(
     // The files of a batch are independent: upload (or write and fsync) them at once.
     futures_util::future::try_join_all(files.iter().map(|f| store.put(&f.path, f.data.clone())))
         .await?;
-    crate::fault::point("after-lake-write");
+    crate::fault::point(crate::fault::Point::AfterLakeWrite);
     // The manifest rows in one statement, column by column.
     let kinds: Vec<&str> = files.iter().map(|f| f.kind).collect();
     let tables: Vec<&str> = files.iter().map(|f| f.table.as_str()).collect();

@@ -148,15 +148,6 @@ impl Verifying {
     }
 }
 
-/// Partial-failure injection for the tests: `TOTES_CDC_FAULT=kinesis-fail:<percent>` fails that
-/// share of entries as throttled, before they are sent.
-fn injected_failure_percent() -> u64 {
-    std::env::var("TOTES_CDC_FAULT")
-        .ok()
-        .and_then(|v| v.strip_prefix("kinesis-fail:").and_then(|p| p.parse().ok()))
-        .unwrap_or(0)
-}
-
 /// The record of an event: its envelope, or a pointer to where an oversized one was stored.
 async fn record_of(
     ev: &ChangeEvent,
@@ -202,6 +193,15 @@ async fn record_of(
         key,
         data: Bytes::from(data),
     })
+}
+
+/// A delay up to `max`, from the clock's low bits (enough to keep retries out of step).
+fn jitter(max: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0);
+    Duration::from_nanos(nanos % (max.as_nanos() as u64).max(1))
 }
 
 /// One PutRecords request: each entry's answer in the order sent. Injected failures (tests)
@@ -274,7 +274,6 @@ pub async fn run(
     cfg: ProducerConfig,
     stats: Arc<ProducerStats>,
 ) -> Result<(), KinesisError> {
-    let fail_pct = injected_failure_percent();
     let m = crate::metrics::get();
     let mut pending: VecDeque<Rec> = VecDeque::new();
     let mut outstanding: BTreeSet<u64> = BTreeSet::new();
@@ -288,7 +287,6 @@ pub async fn run(
     let mut open = true;
     let mut backoff = crate::capture::Backoff::new();
     let mut pause_until: Option<tokio::time::Instant> = None;
-    let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
 
     loop {
         // Send what can be sent.
@@ -328,14 +326,11 @@ pub async fn run(
             let client = client.clone();
             let stream = cfg.stream.clone();
             let region = cfg.region.clone();
-            // Injected failures: entries failed as throttled, never sent.
-            let mut injected: Vec<bool> = Vec::with_capacity(taken.len());
-            for _ in &taken {
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                injected.push(fail_pct > 0 && rng % 100 < fail_pct);
-            }
+            // Injected failures (tests): entries failed as throttled, never sent.
+            let injected: Vec<bool> = taken
+                .iter()
+                .map(|_| crate::fault::fail_kinesis_entry())
+                .collect();
             let id = next_request;
             next_request += 1;
             running.insert(id);
@@ -448,7 +443,7 @@ pub async fn run(
                     // Some entries went through: the stream has room, retry soon. None did:
                     // back off exponentially (with jitter).
                     let delay = if stored > 0 || failed.len() < total {
-                        Duration::from_millis(20 + rng % 80)
+                        Duration::from_millis(20) + jitter(Duration::from_millis(80))
                     } else {
                         backoff.next_delay().min(Duration::from_secs(5))
                     };

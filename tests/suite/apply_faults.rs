@@ -3,7 +3,7 @@
 //! After draining, the warehouse is the transform of the source and every fact version is
 //! there exactly once — checked against an independent capture of the same changes.
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

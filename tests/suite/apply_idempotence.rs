@@ -1,7 +1,7 @@
 //! Exactly-once effect: the events of a real capture applied in order, every batch twice, in a
 //! shuffled order, and all at once, give the same warehouse — the one the spec says.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;

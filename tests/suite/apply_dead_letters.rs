@@ -1,7 +1,7 @@
 //! Nothing silent: an event that cannot be applied goes to the dead letters with its reason and
 //! position, and the rest of its batch lands.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! `consume` replicas sharing the shards, under kills, injected PutRecords failures, a
 //! resharding, an oversized record and an unparseable one; records read back with boto3.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};

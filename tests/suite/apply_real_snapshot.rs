@@ -1,7 +1,7 @@
 //! The real totesys snapshot of 2024-11-15 (about 80k rows) through `run`: the warehouse holds
 //! the spec's transform of it exactly — every table, every column.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

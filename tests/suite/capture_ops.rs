@@ -2,7 +2,7 @@
 //! (also the ones that do not touch last_updated), deletes with their SET NULL cascade and a
 //! truncate, each decoded field by field equal to what SELECT returns.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! binary brings up the throwaway cluster, seeds the source, runs the pipeline with the
 //! generator, and on Ctrl-C prints its summary and stops everything.
 
-mod support;
+use crate::support;
 
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};

@@ -1,7 +1,7 @@
 //! `setup` and `stream` on bad input: each problem gives a one-line message that names the
 //! cause and the fix, and a non-zero exit; a good source is prepared idempotently.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

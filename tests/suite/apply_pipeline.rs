@@ -1,7 +1,7 @@
 //! The embedded pipeline end to end: a totesys source under a realistic workload, `run`, and a
 //! warehouse that holds the spec's transform of the source.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! the warehouse commit rewrites the same files byte for byte; S3 through the real SDK against
 //! moto, and a missing bucket stops with the fix.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -6,7 +6,7 @@
 //! PostgreSQL and moto: the setup hook prepares the source, and both deployment modes move the
 //! source into the warehouse.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -1,7 +1,7 @@
 //! The initial snapshot meets the stream exactly: rows written while the copy runs appear once
 //! in the final state, and a crash during the copy redoes only the unfinished tables.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -3,7 +3,7 @@
 //! following the source, an idle slot kept bounded by heartbeats, and an invalidated slot
 //! recovered by `resync`.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! that lost what came after it, from an S3 lake through the real SDK; a warehouse rebuilt from
 //! the Kinesis stream (moto) equals the one its consumers built; bad input stops with the fix.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

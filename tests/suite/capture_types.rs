@@ -1,7 +1,7 @@
 //! Every documented type round-trips exactly through the envelope, from the snapshot and from
 //! the stream; before images follow the replica identity; unchanged TOAST is marked, not nulled.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! positions; a server restart is ridden out by the running process; a 1,000,000-row
 //! transaction streams through a small channel without memory growing with it.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -2,11 +2,14 @@
 //! warehouse. See README.md for the roles and ../DESIGN for how they fit together.
 
 pub mod apply;
+pub mod aws;
 pub mod capture;
 pub mod commands;
 pub mod config;
 pub mod event;
 pub mod fault;
+pub mod lake;
 pub mod metrics;
 pub mod pg;
+pub mod retry;
 pub mod transport;

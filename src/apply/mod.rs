@@ -3,7 +3,6 @@
 //! only then does capture confirm the LSN to the source.
 
 pub mod batch;
-pub mod lake;
 pub mod warehouse;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use crate::capture::Backoff;
+use crate::retry::Backoff;
 use crate::transport::{Acker, Item};
 use warehouse::{ApplyError, Warehouse};
 

@@ -2,7 +2,6 @@
 //! a consistent initial snapshot, confirming to the server only what the sink made durable.
 
 pub mod catalog;
-pub mod copy_text;
 mod error;
 pub mod heartbeat;
 pub mod monitor;
@@ -269,7 +268,7 @@ pub async fn run(
     });
 
     let mut streamer = Streamer::new(catalog, allowed, confirmed, stats.clone(), cfg.until);
-    let mut backoff = Backoff::new();
+    let mut backoff = crate::retry::Backoff::new();
     let result = loop {
         let started = tokio::time::Instant::now();
         let end = match client.wait_started().await {
@@ -305,7 +304,7 @@ pub async fn run(
             }
         };
         if started.elapsed() > Duration::from_secs(30) {
-            backoff = Backoff::new();
+            backoff = crate::retry::Backoff::new();
         }
         let delay = backoff.next_delay();
         tracing::warn!(
@@ -491,32 +490,4 @@ fn replication_error(e: PgWireError, cfg: &CaptureConfig) -> CaptureError {
         }
     }
     CaptureError::Stream { message, hint }
-}
-
-/// Exponential backoff with jitter: 100 ms doubling up to 30 s.
-pub struct Backoff {
-    attempt: u32,
-}
-
-impl Backoff {
-    pub fn new() -> Self {
-        Self { attempt: 0 }
-    }
-
-    pub fn next_delay(&mut self) -> Duration {
-        let base = 100u64.saturating_mul(1 << self.attempt.min(9)).min(30_000);
-        self.attempt += 1;
-        // Jitter from the clock's low bits: enough to keep replicas from retrying in step.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos() as u64)
-            .unwrap_or(0);
-        Duration::from_millis(base / 2 + nanos % (base / 2 + 1))
-    }
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self::new()
-    }
 }

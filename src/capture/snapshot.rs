@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex};
 use futures_util::{pin_mut, StreamExt};
 use tokio::sync::mpsc;
 
-use super::copy_text::parse_row;
 use super::redo::ChangedKeys;
 use super::state::{SnapshotState, StateFile};
 use super::CaptureError;
+use crate::event::copy_text::parse_row;
 use crate::event::{ChangeEvent, Lsn, Op, Position, TableSchema};
 use crate::pg::{quote_ident, quote_literal, PgUrl};
 use crate::transport::{ItemKind, SinkSender};

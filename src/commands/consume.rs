@@ -7,9 +7,9 @@ use std::sync::Arc;
 use anyhow::Result;
 use tokio::sync::watch;
 
-use crate::apply::lake::Store;
 use crate::apply::warehouse::Warehouse;
 use crate::config::ConsumeArgs;
+use crate::lake::Store;
 use crate::transport::kinesis::consumer::{self, ConsumerConfig, ConsumerStats};
 use crate::transport::kinesis::leases::Leases;
 use crate::transport::kinesis::{self as kinesis};

@@ -15,11 +15,11 @@ use aws_sdk_kinesis::types::ShardIteratorType;
 use futures_util::StreamExt;
 
 use crate::apply::batch::{Batch, Reject};
-use crate::apply::lake::read::{self, ChangesFile};
-use crate::apply::lake::Store;
 use crate::apply::warehouse::Warehouse;
 use crate::config::{ReplayArgs, ReplayFrom};
 use crate::event::{ChangeEvent, Lsn, Position, TableSchema};
+use crate::lake::read::{self, ChangesFile};
+use crate::lake::Store;
 use crate::pg::PgUrl;
 use crate::transport::kinesis::{self, consumer};
 
@@ -153,7 +153,7 @@ impl Applier {
             rejects,
             ..Default::default()
         };
-        let mut backoff = crate::capture::Backoff::new();
+        let mut backoff = crate::retry::Backoff::new();
         let applied = loop {
             match self.wh()?.apply(&batch).await {
                 Ok(applied) => break applied,
@@ -277,7 +277,7 @@ async fn from_kinesis(
             .map_err(|e| kinesis::classify(e, &stream, &region))?
             .shard_iterator()
             .map(str::to_string);
-        let mut backoff = crate::capture::Backoff::new();
+        let mut backoff = crate::retry::Backoff::new();
         while let Some(it) = iterator.take() {
             let out = match client
                 .get_records()

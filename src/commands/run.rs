@@ -43,7 +43,7 @@ pub async fn prepare_warehouse(
     );
     wh.setup(&tables).await?;
     if args.lake != "none" {
-        let store = crate::apply::lake::Store::open(&args.lake).await?;
+        let store = crate::lake::Store::open(&args.lake).await?;
         wh = wh.with_lake(store);
     }
     Ok(wh)

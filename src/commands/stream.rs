@@ -64,7 +64,7 @@ pub async fn run(args: StreamArgs, shutdown: watch::Receiver<bool>) -> Result<()
             let oversize = if args.lake == "none" {
                 None
             } else {
-                Some(crate::apply::lake::Store::open(&args.lake).await?)
+                Some(crate::lake::Store::open(&args.lake).await?)
             };
             let cfg = transport::kinesis::producer::ProducerConfig {
                 stream,

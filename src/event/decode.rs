@@ -115,7 +115,7 @@ pub fn parse_utc_micros(s: &str) -> Result<i64, String> {
     );
     let digits: String = frac.chars().take(6).collect();
     let micros = digits.parse::<i64>().map_err(|_| bad())? * 10i64.pow(6 - digits.len() as u32);
-    let days = crate::apply::lake::arrow::days_from_civil(y, m, dd);
+    let days = crate::event::civil::days_from_civil(y, m, dd);
     Ok(((days * 24 + h) * 60 + mi) * 60 * 1_000_000 + se * 1_000_000 + micros)
 }
 

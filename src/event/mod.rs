@@ -4,6 +4,8 @@
 //! produce under the session settings in [`crate::pg::SESSION_SETTINGS`]): the warehouse COPYs
 //! them as they are, and the JSON envelope ([`json`]) renders them by their [`ValueKind`].
 
+pub mod civil;
+pub mod copy_text;
 pub mod decode;
 pub mod json;
 pub mod value;

@@ -67,7 +67,7 @@ impl Moto {
             .endpoint_url(self.endpoint())
             .credentials_provider(creds)
             .force_path_style(true)
-            .http_client(totes_cdc::apply::lake::store::http_client())
+            .http_client(totes_cdc::aws::http_client())
             .build();
         aws_sdk_s3::Client::from_conf(conf)
     }
@@ -94,7 +94,7 @@ impl Moto {
             .region(aws_sdk_kinesis::config::Region::new("us-east-1"))
             .endpoint_url(self.endpoint())
             .credentials_provider(creds)
-            .http_client(totes_cdc::apply::lake::store::http_client())
+            .http_client(totes_cdc::aws::http_client())
             .build();
         aws_sdk_kinesis::Client::from_conf(conf)
     }

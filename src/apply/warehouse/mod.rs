@@ -2,7 +2,6 @@
 //! the events into temporary tables, merge them into staging under the position guard, refresh
 //! the star rows they touch, record the checkpoint, commit.
 
-pub mod copy;
 pub mod ddl;
 
 use std::collections::{BTreeMap, HashMap};
@@ -14,8 +13,9 @@ use thiserror::Error;
 use tokio_postgres::{Client, Transaction};
 
 use super::batch::Batch;
-use super::lake::{self, LakeFile, Store, StoreError, WarehouseColumn};
+use crate::event::copy_text;
 use crate::event::{ChangeEvent, Datum, Lsn, Op, Position, TableSchema};
+use crate::lake::{self, LakeFile, Store, StoreError, WarehouseColumn};
 use crate::pg::{quote_ident, quote_literal, PgError, PgUrl};
 
 /// Which star schema is derived from staging.
@@ -788,8 +788,8 @@ async fn copy_rows(
         if all[i] == b'\n' {
             let line = all.slice(start..i);
             start = i + 1;
-            let row = crate::capture::copy_text::parse_row(&line, columns)
-                .map_err(ApplyError::LakeFile)?;
+            let row =
+                crate::event::copy_text::parse_row(&line, columns).map_err(ApplyError::LakeFile)?;
             rows.push(
                 row.into_iter()
                     .map(|d| match d {
@@ -1017,7 +1017,7 @@ fn encode_row(buf: &mut Vec<u8>, ev: &ChangeEvent) {
         if matches!(d, Datum::UnchangedToast) {
             unchanged.push(&t.columns[i].name);
         }
-        copy::field(buf, d);
+        copy_text::field(buf, d);
     }
     buf.extend_from_slice(
         format!(
@@ -1031,7 +1031,7 @@ fn encode_row(buf: &mut Vec<u8>, ev: &ChangeEvent) {
     if unchanged.is_empty() {
         buf.extend_from_slice(b"\\N");
     } else {
-        copy::name_array(buf, &unchanged);
+        copy_text::name_array(buf, &unchanged);
     }
     buf.push(b'\n');
 }

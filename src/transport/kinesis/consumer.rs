@@ -18,9 +18,9 @@ use super::leases::Leases;
 use super::{classify, KinesisError};
 use crate::apply::batch::{Batch, Reject, ShardPosition};
 use crate::apply::warehouse::{ApplyError, Warehouse};
-use crate::capture::Backoff;
 use crate::event::{decode, ChangeEvent};
 use crate::pg::PgUrl;
+use crate::retry::Backoff;
 
 #[derive(Debug, Clone)]
 pub struct ConsumerConfig {
@@ -431,7 +431,7 @@ pub async fn record_event(
     };
     let env = match &env.oversized {
         Some(location) => {
-            let full = crate::apply::lake::store::fetch(location)
+            let full = crate::lake::store::fetch(location)
                 .await
                 .map_err(|e| ConsumeError::Kinesis(e.into()))?;
             match decode::parse(&full) {

@@ -30,7 +30,7 @@ pub enum KinesisError {
     #[error("Kinesis: {0}")]
     Other(String),
     #[error(transparent)]
-    Store(#[from] crate::apply::lake::StoreError),
+    Store(#[from] crate::lake::StoreError),
 }
 
 impl KinesisError {
@@ -41,7 +41,7 @@ impl KinesisError {
 
 /// The Kinesis client on the shared AWS configuration.
 pub async fn client() -> (aws_sdk_kinesis::Client, String) {
-    let sdk = crate::apply::lake::store::aws_config().await;
+    let sdk = crate::aws::config().await;
     let region = sdk
         .region()
         .map(|r| r.to_string())

@@ -28,9 +28,9 @@ use tokio::task::JoinSet;
 use super::{
     classify, partition_key, KinesisError, MAX_RECORD_BYTES, MAX_REQUEST_BYTES, MAX_REQUEST_RECORDS,
 };
-use crate::apply::lake::{position_name, Store};
 use crate::event::json::write_envelope;
 use crate::event::ChangeEvent;
+use crate::lake::{position_name, Store};
 use crate::transport::{Acker, Item, ItemKind};
 
 #[derive(Clone)]
@@ -195,15 +195,6 @@ async fn record_of(
     })
 }
 
-/// A delay up to `max`, from the clock's low bits (enough to keep retries out of step).
-fn jitter(max: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos() as u64)
-        .unwrap_or(0);
-    Duration::from_nanos(nanos % (max.as_nanos() as u64).max(1))
-}
-
 /// One PutRecords request: each entry's answer in the order sent. Injected failures (tests)
 /// are answered as throttled without being sent.
 async fn put_records(
@@ -285,7 +276,7 @@ pub async fn run(
     let mut verifying = Verifying::default();
     let mut last_seen: u64 = 0;
     let mut open = true;
-    let mut backoff = crate::capture::Backoff::new();
+    let mut backoff = crate::retry::Backoff::new();
     let mut pause_until: Option<tokio::time::Instant> = None;
 
     loop {
@@ -433,7 +424,7 @@ pub async fn run(
                     }
                 }
                 if stored > 0 {
-                    backoff = crate::capture::Backoff::new();
+                    backoff = crate::retry::Backoff::new();
                 }
                 if !failed.is_empty() {
                     if throttled {
@@ -443,7 +434,7 @@ pub async fn run(
                     // Some entries went through: the stream has room, retry soon. None did:
                     // back off exponentially (with jitter).
                     let delay = if stored > 0 || failed.len() < total {
-                        Duration::from_millis(20) + jitter(Duration::from_millis(80))
+                        Duration::from_millis(20) + crate::retry::jitter(Duration::from_millis(80))
                     } else {
                         backoff.next_delay().min(Duration::from_secs(5))
                     };

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::arrow::{conv_for, Conv, DATE_INFINITY, TIMESTAMP_INFINITY};
-use crate::event::json::civil_from_days;
+use crate::event::civil::civil_from_days;
 use crate::event::{ChangeEvent, Datum, Lsn, Op, Position, TableSchema};
 
 /// A changes file as its path names it.
@@ -399,8 +399,8 @@ fn timestamp_text(us: i64, zone: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apply::lake::arrow::build;
     use crate::event::ValueKind;
+    use crate::lake::arrow::build;
 
     fn round_trip(c: Conv, values: &[&str]) {
         let input: Vec<Option<&[u8]>> = values.iter().map(|v| Some(v.as_bytes())).collect();

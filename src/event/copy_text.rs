@@ -1,11 +1,13 @@
-//! Parsing of `COPY ... TO STDOUT` text format rows into [`Datum`]s.
+//! PostgreSQL's COPY text format: rows of `COPY ... TO STDOUT` parsed into [`Datum`]s (the
+//! snapshot, the warehouse's bookkeeping reads), and values encoded for `COPY ... FROM STDIN`
+//! (the warehouse's batch tables).
 //!
 //! Fields are tab-separated, `\N` is NULL, and backslash escapes stand for special bytes. Fields
 //! without escapes are sliced out of the row buffer without copying.
 
 use bytes::{Bytes, BytesMut};
 
-use crate::event::Datum;
+use super::Datum;
 
 /// Splits one row (without its newline) into fields.
 pub fn parse_row(row: &Bytes, expected: usize) -> Result<Vec<Datum>, String> {
@@ -86,6 +88,53 @@ fn parse_field(row: &Bytes, start: usize, end: usize) -> Result<Datum, String> {
     Ok(Datum::Text(v.freeze()))
 }
 
+/// Appends one field: `\N` for NULL, the text with COPY's escapes otherwise.
+pub fn field(buf: &mut Vec<u8>, d: &Datum) {
+    match d {
+        Datum::Text(t) => text(buf, t),
+        Datum::Null | Datum::UnchangedToast => buf.extend_from_slice(b"\\N"),
+    }
+}
+
+/// Appends text with COPY's escapes.
+pub fn text(buf: &mut Vec<u8>, t: &[u8]) {
+    let mut start = 0;
+    for (i, &b) in t.iter().enumerate() {
+        let esc: &[u8] = match b {
+            b'\\' => b"\\\\",
+            b'\t' => b"\\t",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            _ => continue,
+        };
+        buf.extend_from_slice(&t[start..i]);
+        buf.extend_from_slice(esc);
+        start = i + 1;
+    }
+    buf.extend_from_slice(&t[start..]);
+}
+
+/// A text[] literal of names (`{"a","b"}`), as a COPY field.
+pub fn name_array(buf: &mut Vec<u8>, names: &[&str]) {
+    let mut lit = Vec::new();
+    lit.push(b'{');
+    for (i, n) in names.iter().enumerate() {
+        if i > 0 {
+            lit.push(b',');
+        }
+        lit.push(b'"');
+        for &b in n.as_bytes() {
+            if b == b'"' || b == b'\\' {
+                lit.push(b'\\');
+            }
+            lit.push(b);
+        }
+        lit.push(b'"');
+    }
+    lit.push(b'}');
+    text(buf, &lit);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,5 +149,33 @@ mod tests {
         assert_eq!(d[3], Datum::Text(Bytes::from_static(b"")));
         assert_eq!(d[4], Datum::Text(Bytes::from_static(b"AA")));
         assert!(parse_row(&row, 4).is_err());
+    }
+
+    #[test]
+    fn escapes() {
+        let mut b = Vec::new();
+        field(&mut b, &Datum::Text(Bytes::from_static(b"a\tb\\c\nd")));
+        b.push(b'\t');
+        field(&mut b, &Datum::Null);
+        b.push(b'\t');
+        name_array(&mut b, &["x", "we\"ird"]);
+        assert_eq!(b, b"a\\tb\\\\c\\nd\t\\N\t{\"x\",\"we\\\\\"ird\"}");
+    }
+
+    #[test]
+    fn what_is_encoded_parses_back() {
+        let values = [
+            Datum::Text(Bytes::from_static(b"tab\there\\ and a\nnewline\r")),
+            Datum::Null,
+            Datum::Text(Bytes::from_static(b"")),
+        ];
+        let mut row = Vec::new();
+        for (i, v) in values.iter().enumerate() {
+            if i > 0 {
+                row.push(b'\t');
+            }
+            field(&mut row, v);
+        }
+        assert_eq!(parse_row(&Bytes::from(row), 3).unwrap(), values);
     }
 }

@@ -226,17 +226,6 @@ fn parse_float(v: &[u8]) -> Result<f64, String> {
     }
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m as i64 + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 fn num(s: &str) -> Result<i64, String> {
     s.parse::<i64>()
         .map_err(|_| format!("'{s}' is not a number"))
@@ -262,7 +251,7 @@ fn parse_date(s: &str) -> Result<Option<i32>, String> {
         y = 1 - y;
     }
     Ok(Some(
-        days_from_civil(y, num(m)? as u32, num(d)? as u32) as i32
+        crate::event::civil::days_from_civil(y, num(m)? as u32, num(d)? as u32) as i32,
     ))
 }
 

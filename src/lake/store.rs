@@ -63,27 +63,10 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// The AWS SDK's HTTP client on rustls/ring (the one TLS stack of this binary).
-pub fn http_client() -> aws_sdk_s3::config::SharedHttpClient {
-    aws_smithy_http_client::Builder::new()
-        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-        ))
-        .build_https()
-}
-
-/// The AWS SDK configuration from the standard environment and files, with `http_client`.
-pub async fn aws_config() -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .http_client(http_client())
-        .load()
-        .await
-}
-
 /// An S3 client from the standard AWS configuration; an S3-compatible endpoint
 /// (`AWS_ENDPOINT_URL`) gets path-style addressing.
 async fn s3_client() -> aws_sdk_s3::Client {
-    let sdk = aws_config().await;
+    let sdk = crate::aws::config().await;
     let mut conf = aws_sdk_s3::config::Builder::from(&sdk);
     if sdk.endpoint_url().is_some() || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some() {
         conf = conf.force_path_style(true);

@@ -29,7 +29,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
 use self::arrow::{build, conv_for, data_type, Conv};
-use crate::event::json::civil_from_days;
+use crate::event::civil::civil_from_days;
 use crate::event::{ChangeEvent, Datum, Position};
 pub use store::{Store, StoreError};
 

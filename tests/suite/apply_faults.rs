@@ -46,21 +46,7 @@ async fn kill_9_at_random_moments_loses_and_doubles_nothing() {
     totesys::publish(&src).await;
     let (src_url, wh_url) = (pg.url("src"), pg.url("wh"));
     let oracle_state = support::temp_dir("oracle").to_string_lossy().into_owned();
-    let oracle = Proc::spawn(
-        &[
-            "stream",
-            "--sink",
-            "stdout",
-            "--source-url",
-            &src_url,
-            "--slot",
-            "oracle",
-            "--state-dir",
-            &oracle_state,
-        ],
-        &[],
-    );
-    oracle.wait_log("streaming changes", WAIT);
+    let oracle = support::spawn_oracle(&src_url, &oracle_state);
     let state = support::temp_dir("kill-run").to_string_lossy().into_owned();
     let lake = format!("{state}/lake");
     // The pipeline's slot exists before the orders do: every fact version is streamed.
@@ -106,16 +92,7 @@ async fn kill_9_at_random_moments_loses_and_doubles_nothing() {
     sync(&src, &wh, WAIT).await;
     assert_star(&src, &wh).await;
     // Every version the independent capture saw is a fact exactly once, and nothing else is.
-    let marker: i64 = src
-        .query_one("SELECT max(payment_id)::bigint FROM payment", &[])
-        .await
-        .unwrap()
-        .get(0);
-    oracle.wait_events("the oracle to catch up", WAIT, |e| {
-        e.iter().any(|e| {
-            e["source"]["table"] == "payment" && e["key"]["payment_id"].as_i64() == Some(marker)
-        })
-    });
+    support::wait_oracle_caught_up(&oracle, &src, WAIT).await;
     let expected = star::oracle_versions(&oracle.events());
     let actual = star::fact_versions(&wh).await;
     let lost: Vec<_> = expected.difference(&actual).take(5).collect();

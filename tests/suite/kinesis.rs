@@ -15,9 +15,8 @@ use support::star::{self, wait_star};
 use support::{consume_args, stream_kinesis_args, totesys, PgCluster, Proc};
 
 const WAIT: Duration = Duration::from_secs(180);
-/// One source transaction every 10 ms. moto 5.2 re-puts a shard's records during SplitShard
-/// without a lock, and a PutRecords racing it can vanish inside the emulator; at this pace the
-/// race has not been seen, at twice the pace it shows up now and then.
+/// One source transaction every 10 ms. (moto 5.2 re-puts a shard's records during SplitShard,
+/// and numbers records without a lock; tests/support/moto_server.py makes both atomic.)
 const PACE: Duration = Duration::from_millis(10);
 
 #[tokio::test(flavor = "multi_thread")]
@@ -121,21 +120,7 @@ async fn stream_and_two_consumers_lose_and_double_nothing_through_kills_and_a_re
     let state = support::temp_dir("kin").to_string_lossy().into_owned();
     let lake = format!("{state}/lake");
     let oracle_state = format!("{state}/oracle");
-    let oracle = Proc::spawn(
-        &[
-            "stream",
-            "--sink",
-            "stdout",
-            "--slot",
-            "oracle",
-            "--source-url",
-            &src_url,
-            "--state-dir",
-            &oracle_state,
-        ],
-        &[],
-    );
-    oracle.wait_log("streaming changes", WAIT);
+    let oracle = support::spawn_oracle(&src_url, &oracle_state);
     let stream_args = stream_kinesis_args("totes", &src_url, &state, &lake);
     let consumer_args = |id: &'static str| {
         let mut args = consume_args("totes", &wh_url, &lake);
@@ -196,16 +181,7 @@ async fn stream_and_two_consumers_lose_and_double_nothing_through_kills_and_a_re
     assert!(workload.await.unwrap() > 50);
 
     wait_star(&src, &wh, WAIT).await;
-    let marker: i64 = src
-        .query_one("SELECT max(payment_id)::bigint FROM payment", &[])
-        .await
-        .unwrap()
-        .get(0);
-    oracle.wait_events("the oracle", WAIT, |ev| {
-        ev.iter().any(|e| {
-            e["source"]["table"] == "payment" && e["key"]["payment_id"].as_i64() == Some(marker)
-        })
-    });
+    support::wait_oracle_caught_up(&oracle, &src, WAIT).await;
     let expected = star::oracle_versions(&oracle.events());
     let actual = star::fact_versions(&wh).await;
     let lost: Vec<_> = expected.difference(&actual).take(5).collect();
@@ -268,21 +244,7 @@ async fn failed_and_throttled_entries_are_retried_without_loss_or_reordering() {
     let url = pg.url("src");
     let state = support::temp_dir("kflaky").to_string_lossy().into_owned();
     let oracle_state = format!("{state}/oracle");
-    let oracle = Proc::spawn(
-        &[
-            "stream",
-            "--sink",
-            "stdout",
-            "--slot",
-            "oracle",
-            "--source-url",
-            &url,
-            "--state-dir",
-            &oracle_state,
-        ],
-        &[],
-    );
-    oracle.wait_log("streaming changes", WAIT);
+    let oracle = support::spawn_oracle(&url, &oracle_state);
     let mut e = moto.env();
     // A third of all entries fail as throttled (PutRecords partial failures).
     e.push(("TOTES_CDC_FAULT", "kinesis-fail:33"));
@@ -296,16 +258,7 @@ async fn failed_and_throttled_entries_are_retried_without_loss_or_reordering() {
     std::thread::sleep(Duration::from_secs(4));
     stop.store(true, Ordering::Relaxed);
     workload.await.unwrap();
-    let marker: i64 = src
-        .query_one("SELECT max(payment_id)::bigint FROM payment", &[])
-        .await
-        .unwrap()
-        .get(0);
-    oracle.wait_events("the oracle", WAIT, |ev| {
-        ev.iter().any(|e| {
-            e["source"]["table"] == "payment" && e["key"]["payment_id"].as_i64() == Some(marker)
-        })
-    });
+    support::wait_oracle_caught_up(&oracle, &src, WAIT).await;
     let want: BTreeSet<(String, String, String, i64)> = oracle
         .events()
         .iter()
@@ -512,21 +465,7 @@ async fn kills_through_kinesis_lose_nothing(extra: &[&str], fault: Option<&str>)
     let state = support::temp_dir("kreal").to_string_lossy().into_owned();
     let lake = format!("{state}/lake");
     let oracle_state = format!("{state}/oracle");
-    let oracle = Proc::spawn(
-        &[
-            "stream",
-            "--sink",
-            "stdout",
-            "--slot",
-            "oracle",
-            "--source-url",
-            &src_url,
-            "--state-dir",
-            &oracle_state,
-        ],
-        &[],
-    );
-    oracle.wait_log("streaming changes", WAIT);
+    let oracle = support::spawn_oracle(&src_url, &oracle_state);
     if let Some(f) = fault {
         e.push(("TOTES_CDC_FAULT", f));
     }
@@ -588,16 +527,7 @@ async fn kills_through_kinesis_lose_nothing(extra: &[&str], fault: Option<&str>)
 
     // Drained: the star is the transform of the source.
     wait_star(&src, &wh, Duration::from_secs(600)).await;
-    let marker: i64 = src
-        .query_one("SELECT max(payment_id)::bigint FROM payment", &[])
-        .await
-        .unwrap()
-        .get(0);
-    oracle.wait_events("the oracle", WAIT, |ev| {
-        ev.iter().any(|e| {
-            e["source"]["table"] == "payment" && e["key"]["payment_id"].as_i64() == Some(marker)
-        })
-    });
+    support::wait_oracle_caught_up(&oracle, &src, WAIT).await;
     let snapshot_state: Value = serde_json::from_slice(
         &std::fs::read(format!("{state}/totes_cdc.snapshot.json")).expect("snapshot state"),
     )
@@ -721,21 +651,7 @@ async fn an_endpoint_that_stores_two_records_under_one_number_loses_nothing() {
     let url = pg.url("src");
     let state = support::temp_dir("ktwins").to_string_lossy().into_owned();
     let oracle_state = format!("{state}/oracle");
-    let oracle = Proc::spawn(
-        &[
-            "stream",
-            "--sink",
-            "stdout",
-            "--slot",
-            "oracle",
-            "--source-url",
-            &url,
-            "--state-dir",
-            &oracle_state,
-        ],
-        &[],
-    );
-    oracle.wait_log("streaming changes", WAIT);
+    let oracle = support::spawn_oracle(&url, &oracle_state);
     let lake = format!("{state}/lake");
     let mut args = stream_kinesis_args("twins", &url, &state, &lake);
     args.extend(["--kinesis-concurrency", "8"]);
@@ -746,16 +662,7 @@ async fn an_endpoint_that_stores_two_records_under_one_number_loses_nothing() {
     std::thread::sleep(Duration::from_secs(15));
     stop.store(true, Ordering::Relaxed);
     workload.await.unwrap();
-    let marker: i64 = src
-        .query_one("SELECT max(payment_id)::bigint FROM payment", &[])
-        .await
-        .unwrap()
-        .get(0);
-    oracle.wait_events("the oracle", WAIT, |ev| {
-        ev.iter().any(|e| {
-            e["source"]["table"] == "payment" && e["key"]["payment_id"].as_i64() == Some(marker)
-        })
-    });
+    support::wait_oracle_caught_up(&oracle, &src, WAIT).await;
     let want: BTreeSet<_> = oracle
         .events()
         .iter()

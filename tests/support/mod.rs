@@ -302,3 +302,38 @@ impl Drop for Proc {
         let _ = self.child.wait();
     }
 }
+
+/// An independent capture to compare with: `stream --sink stdout` on a slot of its own
+/// (`oracle`), streaming when this returns. Its events are what the source committed.
+pub fn spawn_oracle(src_url: &str, state_dir: &str) -> Proc {
+    let oracle = Proc::spawn(
+        &[
+            "stream",
+            "--sink",
+            "stdout",
+            "--slot",
+            "oracle",
+            "--source-url",
+            src_url,
+            "--state-dir",
+            state_dir,
+        ],
+        &[],
+    );
+    oracle.wait_log("streaming changes", Duration::from_secs(180));
+    oracle
+}
+
+/// Waits until the oracle has seen the newest payment (every workload's last kind of write).
+pub async fn wait_oracle_caught_up(oracle: &Proc, src: &tokio_postgres::Client, timeout: Duration) {
+    let marker: i64 = src
+        .query_one("SELECT max(payment_id)::bigint FROM payment", &[])
+        .await
+        .expect("newest payment")
+        .get(0);
+    oracle.wait_events("the oracle to catch up", timeout, |ev| {
+        ev.iter().any(|e| {
+            e["source"]["table"] == "payment" && e["key"]["payment_id"].as_i64() == Some(marker)
+        })
+    });
+}

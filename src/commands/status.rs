@@ -42,22 +42,13 @@ pub async fn run(args: StatusArgs) -> Result<()> {
     if let Some(raw) = &args.warehouse_url {
         let wh_url = PgUrl::parse(raw, "warehouse-url")?;
         let wh = wh_url.connect().await?;
-        if let Ok(Some(r)) = wh
-            .query_opt(
-                "SELECT lsn::text, extract(epoch FROM now() - updated_at)::float8 \
-                 FROM totes_cdc.checkpoints WHERE name = $1",
-                &[&super::run::CHECKPOINT],
-            )
-            .await
+        use crate::apply::warehouse::bookkeeping;
+        if let Ok(Some((lsn, age))) = bookkeeping::checkpoint_age(&wh, super::run::CHECKPOINT).await
         {
-            applied_lsn = r.get(0);
-            applied_age = r.get(1);
+            applied_lsn = lsn;
+            applied_age = age;
         }
-        dead_letters = wh
-            .query_one("SELECT count(*) FROM totes_cdc.dead_letters", &[])
-            .await
-            .ok()
-            .map(|r| r.get(0));
+        dead_letters = bookkeeping::dead_letter_count(&wh).await.ok();
     }
     // Seconds behind: the source's own measure (flush_lag of the slot's sender) while it
     // streams; when nothing streams but WAL waits, the time since the warehouse last applied.

@@ -1,22 +1,31 @@
 //! The Postgres warehouse: setup of its schemas, and one transaction per micro-batch — COPY
-//! the events into temporary tables, merge them into staging under the position guard, refresh
-//! the star rows they touch, record the checkpoint, commit.
+//! the events into temporary tables (`load`), merge them into staging under the position guard
+//! (`merge`), refresh the star rows they touch (the model's SQL), write the batch's lake files
+//! (`lake_files`), record dead letters and checkpoints (`dead_letters`, `bookkeeping`), commit.
+//! `ddl` creates the schemas; `phases` times a batch.
 
+pub mod bookkeeping;
 pub mod ddl;
+mod dead_letters;
+mod lake_files;
+mod load;
+mod merge;
+mod phases;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use bytes::Bytes;
-use futures_util::SinkExt;
 use thiserror::Error;
-use tokio_postgres::{Client, Transaction};
+use tokio_postgres::Client;
 
 use super::batch::Batch;
-use crate::event::copy_text;
-use crate::event::{ChangeEvent, Datum, Lsn, Op, Position, TableSchema};
-use crate::lake::{self, LakeFile, Store, StoreError, WarehouseColumn};
-use crate::pg::{quote_ident, quote_literal, PgError, PgUrl};
+use crate::event::{ChangeEvent, Lsn, Position, TableSchema};
+use crate::lake::{self, Store, StoreError, WarehouseColumn};
+use crate::pg::{quote_ident, PgError, PgUrl};
+use lake_files::write_lake;
+use load::{copy_rows, group_by_table, load_batch_table};
+use merge::merge_into_staging;
+use phases::Phases;
 
 /// Which star schema is derived from staging.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -656,19 +665,12 @@ impl Warehouse {
             }
         }
         // Dead letters this transaction wrote (the model's SQL writes some), by kind.
-        let dead = tx
-            .query(
-                "SELECT CASE WHEN reason LIKE '%is not a date%' THEN 'invalid_date' \
-                            ELSE 'other' END, count(*) \
-                 FROM totes_cdc.dead_letters WHERE xmin = pg_current_xact_id()::xid GROUP BY 1",
-                &[],
-            )
+        let dead = bookkeeping::dead_letters_of_this_transaction(&tx)
             .await
             .map_err(|e| err("counting dead letters", e))?;
-        for r in dead {
-            let n = r.get::<_, i64>(1) as usize;
+        for (kind, n) in dead {
             applied.dead_letters += n;
-            *applied.dead_by_reason.entry(r.get(0)).or_default() += n;
+            *applied.dead_by_reason.entry(kind).or_default() += n;
         }
         if !batch.rejects.is_empty() {
             *applied
@@ -677,40 +679,27 @@ impl Warehouse {
                 .or_default() += batch.rejects.len();
         }
         for r in &batch.rejects {
-            tx.execute(
-                "INSERT INTO totes_cdc.dead_letters (source_table, origin, event, reason) \
-                 VALUES ($1, $2, $3::text::jsonb, $4) ON CONFLICT DO NOTHING",
-                &[&"(unparsed)", &r.origin, &r.payload.to_string(), &r.reason],
-            )
-            .await
-            .map_err(|e| err("writing a dead letter", e))?;
+            bookkeeping::record_unparsed(&tx, &r.origin, &r.payload.to_string(), &r.reason)
+                .await
+                .map_err(|e| err("writing a dead letter", e))?;
             applied.dead_letters += 1;
         }
         if let Some(sp) = &batch.shard {
-            tx.execute(
-                "INSERT INTO totes_cdc.shard_checkpoints AS c (stream, shard_id, sequence_number, ended, updated_at) \
-                 VALUES ($1, $2, $3, $4, now()) \
-                 ON CONFLICT (stream, shard_id) DO UPDATE SET \
-                   sequence_number = CASE WHEN c.sequence_number IS NULL OR EXCLUDED.sequence_number::numeric > c.sequence_number::numeric \
-                                          THEN coalesce(EXCLUDED.sequence_number, c.sequence_number) ELSE c.sequence_number END, \
-                   ended = c.ended OR EXCLUDED.ended, updated_at = now()",
-                &[&sp.stream, &sp.shard, &sp.sequence_number, &sp.ended],
+            bookkeeping::record_shard_checkpoint(
+                &tx,
+                &sp.stream,
+                &sp.shard,
+                &sp.sequence_number,
+                sp.ended,
             )
             .await
             .map_err(|e| err("recording the shard checkpoint", e))?;
         }
         if let Some(last) = events.iter().map(|e| e.position).max() {
             let ts = batch.newest_commit_ts_us.unwrap_or(0) as f64 / 1e6;
-            tx.execute(
-                "INSERT INTO totes_cdc.checkpoints AS c (name, lsn, seq, commit_ts, updated_at) \
-                 VALUES ($1, $2::text::pg_lsn, $3, to_timestamp($4), now()) \
-                 ON CONFLICT (name) DO UPDATE SET lsn = EXCLUDED.lsn, seq = EXCLUDED.seq, \
-                   commit_ts = EXCLUDED.commit_ts, updated_at = now() \
-                 WHERE (c.lsn, c.seq) < (EXCLUDED.lsn, EXCLUDED.seq)",
-                &[&checkpoint, &last.lsn.to_string(), &last.seq, &ts],
-            )
-            .await
-            .map_err(|e| err("recording the checkpoint", e))?;
+            bookkeeping::record_checkpoint(&tx, &checkpoint, last, ts)
+                .await
+                .map_err(|e| err("recording the checkpoint", e))?;
         }
         phases.mark("checkpoint");
         tx.commit()
@@ -727,418 +716,4 @@ impl Warehouse {
         }
         Ok(applied)
     }
-}
-
-/// Milliseconds spent per phase of a batch, summed by name.
-struct Phases {
-    last: std::time::Instant,
-    spent: Vec<(&'static str, f64)>,
-}
-
-impl Phases {
-    fn start() -> Self {
-        Phases {
-            last: std::time::Instant::now(),
-            spent: Vec::new(),
-        }
-    }
-
-    /// Charges the time since the previous mark to `name`.
-    fn mark(&mut self, name: &'static str) {
-        let now = std::time::Instant::now();
-        let ms = (now - self.last).as_secs_f64() * 1000.0;
-        self.last = now;
-        match self.spent.iter_mut().find(|(n, _)| *n == name) {
-            Some((_, total)) => *total += ms,
-            None => self.spent.push((name, ms)),
-        }
-    }
-}
-
-impl std::fmt::Display for Phases {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (i, (name, ms)) in self.spent.iter().enumerate() {
-            let sep = if i == 0 { "" } else { " " };
-            write!(f, "{sep}{name}={ms:.1}ms")?;
-        }
-        Ok(())
-    }
-}
-
-/// The rows of a COPY ... TO STDOUT in text form.
-async fn copy_rows(
-    tx: &Transaction<'_>,
-    sql: &str,
-    columns: usize,
-    url: &PgUrl,
-) -> Result<Vec<Vec<Option<Bytes>>>, ApplyError> {
-    use futures_util::StreamExt;
-    let err =
-        |e: tokio_postgres::Error| ApplyError::Pg(url.query_error("reading produced rows", e));
-    let stream = tx.copy_out(sql).await.map_err(err)?;
-    futures_util::pin_mut!(stream);
-    let mut buf = bytes::BytesMut::new();
-    while let Some(chunk) = stream.next().await {
-        buf.extend_from_slice(&chunk.map_err(err)?);
-    }
-    let all = buf.freeze();
-    let mut rows = Vec::new();
-    let mut start = 0;
-    for i in 0..all.len() {
-        if all[i] == b'\n' {
-            let line = all.slice(start..i);
-            start = i + 1;
-            let row =
-                crate::event::copy_text::parse_row(&line, columns).map_err(ApplyError::LakeFile)?;
-            rows.push(
-                row.into_iter()
-                    .map(|d| match d {
-                        Datum::Text(b) => Some(b),
-                        _ => None,
-                    })
-                    .collect(),
-            );
-        }
-    }
-    Ok(rows)
-}
-
-/// Writes the batch's lake files: their names are recorded as pending (committed at once, so a
-/// crash after the write leaves a trace), the files written, and within the batch transaction
-/// they move from pending to the manifest.
-async fn write_lake(
-    store: &Store,
-    pending: &Client,
-    tx: &Transaction<'_>,
-    files: &[LakeFile],
-    batch_events: usize,
-    writer: &str,
-    url: &PgUrl,
-) -> Result<(), ApplyError> {
-    let err = |ctx: &str, e: tokio_postgres::Error| ApplyError::Pg(url.query_error(ctx, e));
-    let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
-    pending
-        .execute(
-            "INSERT INTO totes_cdc.lake_pending (path, batch_events, writer) SELECT unnest($1::text[]), $2, $3 \
-             ON CONFLICT (path) DO UPDATE SET batch_events = EXCLUDED.batch_events, writer = EXCLUDED.writer",
-            &[&paths, &(batch_events as i32), &writer],
-        )
-        .await
-        .map_err(|e| err("recording the lake's pending files", e))?;
-    // The files of a batch are independent: upload (or write and fsync) them at once.
-    futures_util::future::try_join_all(files.iter().map(|f| store.put(&f.path, f.data.clone())))
-        .await?;
-    crate::fault::point(crate::fault::Point::AfterLakeWrite);
-    // The manifest rows in one statement, column by column.
-    let kinds: Vec<&str> = files.iter().map(|f| f.kind).collect();
-    let tables: Vec<&str> = files.iter().map(|f| f.table.as_str()).collect();
-    let first_lsns: Vec<String> = files.iter().map(|f| f.first.lsn.to_string()).collect();
-    let first_seqs: Vec<i32> = files.iter().map(|f| f.first.seq).collect();
-    let last_lsns: Vec<String> = files.iter().map(|f| f.last.lsn.to_string()).collect();
-    let last_seqs: Vec<i32> = files.iter().map(|f| f.last.seq).collect();
-    let rows: Vec<i32> = files.iter().map(|f| f.rows as i32).collect();
-    let bytes: Vec<i64> = files.iter().map(|f| f.data.len() as i64).collect();
-    tx.execute(
-        "INSERT INTO totes_cdc.lake_files (path, kind, table_name, first_lsn, first_seq, last_lsn, last_seq, rows, bytes) \
-         SELECT p, k, t, fl::pg_lsn, fs, ll::pg_lsn, ls, r, b \
-         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[], $7::int[], $8::int[], $9::bigint[]) \
-              AS u(p, k, t, fl, fs, ll, ls, r, b) \
-         ON CONFLICT (path) DO UPDATE SET rows = EXCLUDED.rows, bytes = EXCLUDED.bytes, committed_at = now()",
-        &[
-            &paths, &kinds, &tables, &first_lsns, &first_seqs, &last_lsns, &last_seqs, &rows, &bytes,
-        ],
-    )
-    .await
-    .map_err(|e| err("recording the lake files", e))?;
-    tx.execute(
-        "DELETE FROM totes_cdc.lake_pending WHERE path = ANY($1::text[])",
-        &[&paths],
-    )
-    .await
-    .map_err(|e| err("clearing the lake's pending files", e))?;
-    Ok(())
-}
-
-/// Events grouped by source table, in batch order within each table.
-fn group_by_table(events: &[ChangeEvent]) -> BTreeMap<String, Vec<ChangeEvent>> {
-    let mut groups: BTreeMap<String, Vec<ChangeEvent>> = BTreeMap::new();
-    for ev in events {
-        groups
-            .entry(ev.table.qualified_name())
-            .or_default()
-            .push(ev.clone());
-    }
-    for events in groups.values_mut() {
-        resolve_unchanged_toast(events);
-    }
-    groups
-}
-
-/// An unchanged TOASTed value takes the value of the same row's previous event in the batch;
-/// what stays unresolved is filled from staging in SQL.
-fn resolve_unchanged_toast(events: &mut [ChangeEvent]) {
-    if !events.iter().any(|e| {
-        e.after
-            .as_ref()
-            .is_some_and(|a| a.iter().any(|d| matches!(d, Datum::UnchangedToast)))
-    }) {
-        return;
-    }
-    let mut last: HashMap<Vec<Datum>, Vec<Datum>> = HashMap::new();
-    for ev in events.iter_mut() {
-        let Some(key) = ev.key.clone() else { continue };
-        if let Some(after) = ev.after.as_mut() {
-            if let Some(prev) = last.get(&key) {
-                for (i, d) in after.iter_mut().enumerate() {
-                    if matches!(d, Datum::UnchangedToast) {
-                        if let Some(p) = prev.get(i).filter(|p| !matches!(p, Datum::UnchangedToast))
-                        {
-                            *d = p.clone();
-                        }
-                    }
-                }
-            }
-            last.insert(key, after.clone());
-        } else if ev.op == Op::Delete {
-            last.remove(&key);
-        }
-    }
-}
-
-/// COPYs the events into the batch table. A value the warehouse refuses sends its event to
-/// the dead letters (found by loading events one by one under savepoints) and the rest loads.
-async fn load_batch_table(
-    tx: &Transaction<'_>,
-    m: &Mirror,
-    events: &[ChangeEvent],
-    database: &str,
-    url: &PgUrl,
-) -> Result<usize, ApplyError> {
-    let t = &events[0].table;
-    for c in &t.columns {
-        if !m.columns.contains(&c.name) {
-            return Err(ApplyError::NoStaging {
-                table: format!("{} (column {} is new)", t.qualified_name(), c.name),
-            });
-        }
-    }
-    let mut cols: Vec<String> = t.columns.iter().map(|c| quote_ident(&c.name)).collect();
-    cols.extend(["_lsn", "_seq", "_op", "_unchanged"].map(String::from));
-    let stmt = format!("COPY {} ({}) FROM STDIN", m.batch, cols.join(", "));
-    tx.batch_execute("SAVEPOINT load")
-        .await
-        .map_err(|e| ApplyError::Pg(url.query_error("savepoint", e)))?;
-    let mut buf = Vec::with_capacity(events.len() * 128);
-    for ev in events {
-        encode_row(&mut buf, ev);
-    }
-    match copy_in(tx, &stmt, buf).await {
-        Ok(()) => {
-            tx.batch_execute("RELEASE SAVEPOINT load")
-                .await
-                .map_err(|e| ApplyError::Pg(url.query_error("release savepoint", e)))?;
-            return Ok(0);
-        }
-        Err(e) if !is_data_error(&e) => {
-            return Err(ApplyError::Pg(url.query_error(
-                format!("loading the batch of {}", t.qualified_name()),
-                e,
-            )))
-        }
-        Err(_) => {}
-    }
-    // Find the events the warehouse refuses, one by one.
-    tx.batch_execute("ROLLBACK TO SAVEPOINT load")
-        .await
-        .map_err(|e| ApplyError::Pg(url.query_error("rollback to savepoint", e)))?;
-    let mut dead = 0;
-    for ev in events {
-        let mut row = Vec::new();
-        encode_row(&mut row, ev);
-        tx.batch_execute("SAVEPOINT one")
-            .await
-            .map_err(|e| ApplyError::Pg(url.query_error("savepoint", e)))?;
-        if let Err(e) = copy_in(tx, &stmt, row).await {
-            if !is_data_error(&e) {
-                return Err(ApplyError::Pg(url.query_error("loading an event", e)));
-            }
-            tx.batch_execute("ROLLBACK TO SAVEPOINT one")
-                .await
-                .map_err(|e| ApplyError::Pg(url.query_error("rollback to savepoint", e)))?;
-            let reason = e
-                .as_db_error()
-                .map_or_else(|| e.to_string(), |d| d.message().to_string());
-            dead_letter(tx, ev, database, &reason, url).await?;
-            dead += 1;
-        }
-    }
-    tx.batch_execute("RELEASE SAVEPOINT load")
-        .await
-        .map_err(|e| ApplyError::Pg(url.query_error("release savepoint", e)))?;
-    Ok(dead)
-}
-
-fn is_data_error(e: &tokio_postgres::Error) -> bool {
-    e.code()
-        .is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("23"))
-}
-
-async fn copy_in(
-    tx: &Transaction<'_>,
-    stmt: &str,
-    data: Vec<u8>,
-) -> Result<(), tokio_postgres::Error> {
-    let sink = tx.copy_in::<_, Bytes>(stmt).await?;
-    futures_util::pin_mut!(sink);
-    sink.send(Bytes::from(data)).await?;
-    sink.finish().await?;
-    Ok(())
-}
-
-/// One batch-table row: the source columns, then position, op and unchanged-TOAST columns.
-fn encode_row(buf: &mut Vec<u8>, ev: &ChangeEvent) {
-    let t = &ev.table;
-    let n = t.columns.len();
-    let mut unchanged: Vec<&str> = Vec::new();
-    for i in 0..n {
-        if i > 0 {
-            buf.push(b'\t');
-        }
-        let d = match (&ev.after, &ev.key) {
-            (Some(after), _) => after.get(i).unwrap_or(&Datum::Null),
-            (None, Some(key)) => t
-                .key
-                .iter()
-                .position(|&k| k == i)
-                .and_then(|p| key.get(p))
-                .unwrap_or(&Datum::Null),
-            (None, None) => &Datum::Null,
-        };
-        if matches!(d, Datum::UnchangedToast) {
-            unchanged.push(&t.columns[i].name);
-        }
-        copy_text::field(buf, d);
-    }
-    buf.extend_from_slice(
-        format!(
-            "\t{}\t{}\t{}\t",
-            ev.position.lsn,
-            ev.position.seq,
-            ev.op.code()
-        )
-        .as_bytes(),
-    );
-    if unchanged.is_empty() {
-        buf.extend_from_slice(b"\\N");
-    } else {
-        copy_text::name_array(buf, &unchanged);
-    }
-    buf.push(b'\n');
-}
-
-async fn dead_letter(
-    tx: &Transaction<'_>,
-    ev: &ChangeEvent,
-    database: &str,
-    reason: &str,
-    url: &PgUrl,
-) -> Result<(), ApplyError> {
-    let mut json = Vec::new();
-    crate::event::json::write_envelope(&mut json, ev, database);
-    let json = String::from_utf8_lossy(&json).into_owned();
-    tracing::warn!(table = %ev.table.qualified_name(), position = %ev.position, %reason, "event sent to the dead letters");
-    tx.execute(
-        "INSERT INTO totes_cdc.dead_letters (source_table, lsn, seq, op, event, reason) \
-         VALUES ($1, $2::text::pg_lsn, $3, $4, $5::text::jsonb, $6) ON CONFLICT DO NOTHING",
-        &[
-            &ev.table.qualified_name(),
-            &ev.position.lsn.to_string(),
-            &ev.position.seq,
-            &ev.op.code(),
-            &json,
-            &reason,
-        ],
-    )
-    .await
-    .map_err(|e| ApplyError::Pg(url.query_error("writing a dead letter", e)))?;
-    Ok(())
-}
-
-/// Staging takes the latest event of each key, but only over an older position: a delete leaves
-/// a tombstone (the key, its position, `_deleted`, other columns NULL — the same whatever order
-/// the events came in) that an older event cannot resurrect.
-async fn merge_into_staging(
-    tx: &Transaction<'_>,
-    m: &Mirror,
-    events: &[ChangeEvent],
-    url: &PgUrl,
-) -> Result<(), ApplyError> {
-    let err = |ctx: &str, e: tokio_postgres::Error| ApplyError::Pg(url.query_error(ctx, e));
-    let t = &events[0].table;
-    let key: Vec<String> = m.key.iter().map(|k| quote_ident(k)).collect();
-    let keys = key.join(", ");
-    // Unchanged TOAST values not resolved within the batch keep the stored value.
-    let mut toast_cols: Vec<&str> = Vec::new();
-    for ev in events {
-        if let Some(after) = &ev.after {
-            for (i, d) in after.iter().enumerate() {
-                if matches!(d, Datum::UnchangedToast)
-                    && !toast_cols.contains(&t.columns[i].name.as_str())
-                {
-                    toast_cols.push(&t.columns[i].name);
-                }
-            }
-        }
-    }
-    let join: Vec<String> = key.iter().map(|k| format!("b.{k} = s.{k}")).collect();
-    let mut sql = String::new();
-    for c in &toast_cols {
-        let q = quote_ident(c);
-        sql.push_str(&format!(
-            "UPDATE {} b SET {q} = s.{q} FROM {} s WHERE {} AND {} = ANY(b._unchanged);\n",
-            m.batch,
-            m.staging,
-            join.join(" AND "),
-            quote_literal(c)
-        ));
-    }
-    let cols: Vec<String> = m.columns.iter().map(|c| quote_ident(c)).collect();
-    let sets: Vec<String> = cols
-        .iter()
-        .filter(|c| !key.contains(c))
-        .map(|c| format!("{c} = EXCLUDED.{c}"))
-        .chain([
-            "_lsn = EXCLUDED._lsn".to_string(),
-            "_seq = EXCLUDED._seq".to_string(),
-            "_deleted = EXCLUDED._deleted".to_string(),
-            "_applied_at = EXCLUDED._applied_at".to_string(),
-        ])
-        .collect();
-    sql.push_str(&format!(
-        "INSERT INTO {staging} AS s ({cols}, _lsn, _seq, _deleted, _applied_at)\n\
-         SELECT DISTINCT ON ({keys}) {cols}, _lsn, _seq, _op = 'd', now() FROM {batch}\n\
-         WHERE _op <> 't' ORDER BY {keys}, _lsn DESC, _seq DESC\n\
-         ON CONFLICT ({keys}) DO UPDATE SET {sets}\n\
-         WHERE (s._lsn, s._seq) < (EXCLUDED._lsn, EXCLUDED._seq);\n",
-        staging = m.staging,
-        cols = cols.join(", "),
-        batch = m.batch,
-        sets = sets.join(", "),
-    ));
-    // A truncate leaves a tombstone on every row older than it.
-    let nulls: String = cols
-        .iter()
-        .filter(|c| !key.contains(c))
-        .map(|c| format!("{c} = NULL, "))
-        .collect();
-    for ev in events.iter().filter(|e| e.op == Op::Truncate) {
-        sql.push_str(&format!(
-            "UPDATE {} SET {nulls}_deleted = true, _lsn = '{}', _seq = {}, _applied_at = now() \
-             WHERE (_lsn, _seq) < ('{}'::pg_lsn, {});\n",
-            m.staging, ev.position.lsn, ev.position.seq, ev.position.lsn, ev.position.seq
-        ));
-    }
-    tx.batch_execute(&sql)
-        .await
-        .map_err(|e| err(&format!("merging into {}", m.staging), e))
 }

@@ -110,17 +110,9 @@ async fn checkpoints(
     url: &PgUrl,
     stream: &str,
 ) -> Result<HashMap<String, (Option<String>, bool)>, crate::pg::PgError> {
-    let rows = wh
-        .query(
-            "SELECT shard_id, sequence_number, ended FROM totes_cdc.shard_checkpoints WHERE stream = $1",
-            &[&stream],
-        )
+    crate::apply::warehouse::bookkeeping::shard_checkpoints(wh, stream)
         .await
-        .map_err(|e| url.query_error("reading the shard checkpoints", e))?;
-    Ok(rows
-        .iter()
-        .map(|r| (r.get(0), (r.get(1), r.get(2))))
-        .collect())
+        .map_err(|e| url.query_error("reading the shard checkpoints", e))
 }
 
 /// Reads and applies until `shutdown`.

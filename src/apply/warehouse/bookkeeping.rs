@@ -1,0 +1,123 @@
+//! The bookkeeping tables of the `totes_cdc` schema, one function per query: the apply
+//! checkpoint, Kinesis shard checkpoints and dead letters. (The lake's manifest and pending
+//! files are kept by `lake_files` and the warehouse's recovery.) Callers add the context.
+
+use std::collections::HashMap;
+
+use tokio_postgres::{Error, GenericClient};
+
+use crate::event::Position;
+
+/// Moves checkpoint `name` forward to `last` (never back), with the newest commit time applied.
+pub async fn record_checkpoint<C: GenericClient>(
+    db: &C,
+    name: &str,
+    last: Position,
+    commit_ts_seconds: f64,
+) -> Result<(), Error> {
+    db.execute(
+        "INSERT INTO totes_cdc.checkpoints AS c (name, lsn, seq, commit_ts, updated_at) \
+         VALUES ($1, $2::text::pg_lsn, $3, to_timestamp($4), now()) \
+         ON CONFLICT (name) DO UPDATE SET lsn = EXCLUDED.lsn, seq = EXCLUDED.seq, \
+           commit_ts = EXCLUDED.commit_ts, updated_at = now() \
+         WHERE (c.lsn, c.seq) < (EXCLUDED.lsn, EXCLUDED.seq)",
+        &[&name, &last.lsn.to_string(), &last.seq, &commit_ts_seconds],
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Checkpoint `name`: its LSN and how many seconds ago it moved, if it exists.
+pub async fn checkpoint_age<C: GenericClient>(
+    db: &C,
+    name: &str,
+) -> Result<Option<(Option<String>, Option<f64>)>, Error> {
+    Ok(db
+        .query_opt(
+            "SELECT lsn::text, extract(epoch FROM now() - updated_at)::float8 \
+             FROM totes_cdc.checkpoints WHERE name = $1",
+            &[&name],
+        )
+        .await?
+        .map(|r| (r.get(0), r.get(1))))
+}
+
+/// Moves a shard's checkpoint forward to `sequence_number` (never back) and marks it ended.
+pub async fn record_shard_checkpoint<C: GenericClient>(
+    db: &C,
+    stream: &str,
+    shard: &str,
+    sequence_number: &Option<String>,
+    ended: bool,
+) -> Result<(), Error> {
+    db.execute(
+        "INSERT INTO totes_cdc.shard_checkpoints AS c (stream, shard_id, sequence_number, ended, updated_at) \
+         VALUES ($1, $2, $3, $4, now()) \
+         ON CONFLICT (stream, shard_id) DO UPDATE SET \
+           sequence_number = CASE WHEN c.sequence_number IS NULL OR EXCLUDED.sequence_number::numeric > c.sequence_number::numeric \
+                                  THEN coalesce(EXCLUDED.sequence_number, c.sequence_number) ELSE c.sequence_number END, \
+           ended = c.ended OR EXCLUDED.ended, updated_at = now()",
+        &[&stream, &shard, sequence_number, &ended],
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Every shard checkpoint of `stream`: shard → (last applied sequence number, ended).
+pub async fn shard_checkpoints<C: GenericClient>(
+    db: &C,
+    stream: &str,
+) -> Result<HashMap<String, (Option<String>, bool)>, Error> {
+    let rows = db
+        .query(
+            "SELECT shard_id, sequence_number, ended FROM totes_cdc.shard_checkpoints WHERE stream = $1",
+            &[&stream],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect())
+}
+
+/// How many dead letters there are.
+pub async fn dead_letter_count<C: GenericClient>(db: &C) -> Result<i64, Error> {
+    Ok(db
+        .query_one("SELECT count(*) FROM totes_cdc.dead_letters", &[])
+        .await?
+        .get(0))
+}
+
+/// The dead letters the current transaction wrote (the model's SQL writes some), by kind.
+pub async fn dead_letters_of_this_transaction<C: GenericClient>(
+    db: &C,
+) -> Result<Vec<(String, usize)>, Error> {
+    let rows = db
+        .query(
+            "SELECT CASE WHEN reason LIKE '%is not a date%' THEN 'invalid_date' \
+                        ELSE 'other' END, count(*) \
+             FROM totes_cdc.dead_letters WHERE xmin = pg_current_xact_id()::xid GROUP BY 1",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get::<_, i64>(1) as usize))
+        .collect())
+}
+
+/// A record that is not an envelope, with where it came from and why it was refused.
+pub async fn record_unparsed<C: GenericClient>(
+    db: &C,
+    origin: &str,
+    payload: &str,
+    reason: &str,
+) -> Result<(), Error> {
+    db.execute(
+        "INSERT INTO totes_cdc.dead_letters (source_table, origin, event, reason) \
+         VALUES ($1, $2, $3::text::jsonb, $4) ON CONFLICT DO NOTHING",
+        &[&"(unparsed)", &origin, &payload, &reason],
+    )
+    .await
+    .map(|_| ())
+}

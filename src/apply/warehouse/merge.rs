@@ -1,0 +1,87 @@
+//! Staging under the position guard: each key takes the batch's newest event, but only over an
+//! older position; deletes and truncates leave tombstones.
+
+use tokio_postgres::Transaction;
+
+use super::{ApplyError, Mirror};
+use crate::event::{ChangeEvent, Datum, Op};
+use crate::pg::{quote_ident, quote_literal, PgUrl};
+
+/// Staging takes the latest event of each key, but only over an older position: a delete leaves
+/// a tombstone (the key, its position, `_deleted`, other columns NULL — the same whatever order
+/// the events came in) that an older event cannot resurrect.
+pub(super) async fn merge_into_staging(
+    tx: &Transaction<'_>,
+    m: &Mirror,
+    events: &[ChangeEvent],
+    url: &PgUrl,
+) -> Result<(), ApplyError> {
+    let err = |ctx: &str, e: tokio_postgres::Error| ApplyError::Pg(url.query_error(ctx, e));
+    let t = &events[0].table;
+    let key: Vec<String> = m.key.iter().map(|k| quote_ident(k)).collect();
+    let keys = key.join(", ");
+    // Unchanged TOAST values not resolved within the batch keep the stored value.
+    let mut toast_cols: Vec<&str> = Vec::new();
+    for ev in events {
+        if let Some(after) = &ev.after {
+            for (i, d) in after.iter().enumerate() {
+                if matches!(d, Datum::UnchangedToast)
+                    && !toast_cols.contains(&t.columns[i].name.as_str())
+                {
+                    toast_cols.push(&t.columns[i].name);
+                }
+            }
+        }
+    }
+    let join: Vec<String> = key.iter().map(|k| format!("b.{k} = s.{k}")).collect();
+    let mut sql = String::new();
+    for c in &toast_cols {
+        let q = quote_ident(c);
+        sql.push_str(&format!(
+            "UPDATE {} b SET {q} = s.{q} FROM {} s WHERE {} AND {} = ANY(b._unchanged);\n",
+            m.batch,
+            m.staging,
+            join.join(" AND "),
+            quote_literal(c)
+        ));
+    }
+    let cols: Vec<String> = m.columns.iter().map(|c| quote_ident(c)).collect();
+    let sets: Vec<String> = cols
+        .iter()
+        .filter(|c| !key.contains(c))
+        .map(|c| format!("{c} = EXCLUDED.{c}"))
+        .chain([
+            "_lsn = EXCLUDED._lsn".to_string(),
+            "_seq = EXCLUDED._seq".to_string(),
+            "_deleted = EXCLUDED._deleted".to_string(),
+            "_applied_at = EXCLUDED._applied_at".to_string(),
+        ])
+        .collect();
+    sql.push_str(&format!(
+        "INSERT INTO {staging} AS s ({cols}, _lsn, _seq, _deleted, _applied_at)\n\
+         SELECT DISTINCT ON ({keys}) {cols}, _lsn, _seq, _op = 'd', now() FROM {batch}\n\
+         WHERE _op <> 't' ORDER BY {keys}, _lsn DESC, _seq DESC\n\
+         ON CONFLICT ({keys}) DO UPDATE SET {sets}\n\
+         WHERE (s._lsn, s._seq) < (EXCLUDED._lsn, EXCLUDED._seq);\n",
+        staging = m.staging,
+        cols = cols.join(", "),
+        batch = m.batch,
+        sets = sets.join(", "),
+    ));
+    // A truncate leaves a tombstone on every row older than it.
+    let nulls: String = cols
+        .iter()
+        .filter(|c| !key.contains(c))
+        .map(|c| format!("{c} = NULL, "))
+        .collect();
+    for ev in events.iter().filter(|e| e.op == Op::Truncate) {
+        sql.push_str(&format!(
+            "UPDATE {} SET {nulls}_deleted = true, _lsn = '{}', _seq = {}, _applied_at = now() \
+             WHERE (_lsn, _seq) < ('{}'::pg_lsn, {});\n",
+            m.staging, ev.position.lsn, ev.position.seq, ev.position.lsn, ev.position.seq
+        ));
+    }
+    tx.batch_execute(&sql)
+        .await
+        .map_err(|e| err(&format!("merging into {}", m.staging), e))
+}

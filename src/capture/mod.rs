@@ -139,18 +139,8 @@ pub async fn run(
                 ))
                 .await
                 .map_err(|e| replication_error(e, &cfg))?;
-            let text = |i: usize| -> Option<String> {
-                rows.first()
-                    .and_then(|r| r.get(i).cloned().flatten())
-                    .map(|b| String::from_utf8_lossy(&b).into_owned())
-            };
-            let cp =
-                text(1)
-                    .and_then(|s| Lsn::parse(&s).ok())
-                    .ok_or_else(|| CaptureError::Stream {
-                        message: "CREATE_REPLICATION_SLOT returned no consistent point".into(),
-                        hint: "check the server log".into(),
-                    })?;
+            let created = slot::created(&rows)?;
+            let cp = created.consistent_point;
             tracing::info!(slot = %cfg.slot, consistent_point = %cp, "replication slot created");
             if cfg.snapshot == SnapshotMode::Initial {
                 let mut state = SnapshotState {
@@ -166,7 +156,7 @@ pub async fn run(
                 let job = SnapshotJob {
                     url: url.clone(),
                     tables: schemas,
-                    snapshot_name: text(2),
+                    snapshot_name: created.snapshot.clone(),
                     skip: None,
                     consistent_point: cp,
                     attempt: 0,

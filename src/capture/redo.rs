@@ -87,22 +87,12 @@ pub async fn export_snapshot(
         ))
         .await
         .map_err(|e| stream_err("creating a temporary slot", e))?;
-    let text = |i: usize| -> Option<String> {
-        rows.first()
-            .and_then(|r| r.get(i).cloned().flatten())
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-    };
-    let consistent_point =
-        text(1)
-            .and_then(|s| Lsn::parse(&s).ok())
-            .ok_or_else(|| CaptureError::Stream {
-                message: "the temporary slot returned no consistent point".into(),
-                hint: "check the server log".into(),
-            })?;
-    let name = text(2).ok_or_else(|| CaptureError::Stream {
+    let created = super::slot::created(&rows)?;
+    let name = created.snapshot.ok_or_else(|| CaptureError::Stream {
         message: "the temporary slot exported no snapshot".into(),
         hint: "check the server log".into(),
     })?;
+    let consistent_point = created.consistent_point;
     Ok(RedoSnapshot {
         session,
         name,

@@ -82,3 +82,31 @@ pub fn validate_slot_name(slot: &str) -> Result<(), CaptureError> {
         Err(CaptureError::BadSlotName(slot.into()))
     }
 }
+
+/// What CREATE_REPLICATION_SLOT answered.
+pub struct Created {
+    pub consistent_point: Lsn,
+    /// The exported snapshot's name, when one was asked for.
+    pub snapshot: Option<String>,
+}
+
+/// Reads CREATE_REPLICATION_SLOT's answer (slot_name, consistent_point, snapshot_name,
+/// output_plugin).
+pub fn created(rows: &[pgwire_replication::QueryRow]) -> Result<Created, CaptureError> {
+    let text = |i: usize| -> Option<String> {
+        rows.first()
+            .and_then(|r| r.get(i).cloned().flatten())
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+    };
+    let consistent_point =
+        text(1)
+            .and_then(|s| Lsn::parse(&s).ok())
+            .ok_or_else(|| CaptureError::Stream {
+                message: "CREATE_REPLICATION_SLOT returned no consistent point".into(),
+                hint: "check the server log".into(),
+            })?;
+    Ok(Created {
+        consistent_point,
+        snapshot: text(2),
+    })
+}

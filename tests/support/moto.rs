@@ -13,9 +13,11 @@ impl Moto {
     /// moto with its Kinesis data calls made atomic (see `moto_server.py`: moto itself can
     /// store two concurrently put records under one sequence number, losing one).
     pub fn start() -> Self {
-        Self::start_on(super::pg::free_port())
+        Self::start_on(0)
     }
 
+    /// The same on `port` (0: one the system picks, read back from moto's startup line, so no
+    /// other test can take it between the choice and the bind).
     pub fn start_on(port: u16) -> Self {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/moto_server.py");
         Self::spawn(Command::new("python3").arg(script), port)
@@ -23,20 +25,44 @@ impl Moto {
 
     /// moto as it is, concurrency defects included.
     pub fn start_unlocked() -> Self {
-        Self::spawn(&mut Command::new("moto_server"), super::pg::free_port())
+        Self::spawn(&mut Command::new("moto_server"), 0)
     }
 
     fn spawn(cmd: &mut Command, port: u16) -> Self {
-        let child = cmd
+        let mut child = cmd
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("moto_server not found: install it with pip install 'moto[server]' (make test does)");
+        // The server's log: its startup line names the port; the rest is drained so that the
+        // server never blocks on a full pipe.
+        let stderr = child.stderr.take().expect("moto's stderr");
+        let (tx, rx) = std::sync::mpsc::channel::<u16>();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Some(rest) = line.split("Running on http://127.0.0.1:").nth(1) {
+                    if let Ok(p) = rest.trim().parse::<u16>() {
+                        let _ = tx.send(p);
+                    }
+                }
+            }
+        });
+        let port = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(p) => p,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("moto_server did not start (port {port})");
+            }
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto_server did not start");
-            std::thread::sleep(Duration::from_millis(100));
+            assert!(Instant::now() < deadline, "moto_server did not listen");
+            std::thread::sleep(Duration::from_millis(50));
         }
         Self {
             child,

@@ -434,8 +434,20 @@ async fn an_invalidated_slot_stops_with_the_fix_and_resync_recovers() {
     )
     .await;
     assert_eq!(current, 0.0);
-    // Idempotent: a second resync while nothing runs just re-copies.
+    // Idempotent: a second resync while nothing runs just re-copies (once the server has seen
+    // the killed process's replication connection go).
     drop(_p);
+    for _ in 0..300 {
+        let active = count(
+            &src,
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'totes_cdc' AND active",
+        )
+        .await;
+        if active == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let (status, out, err) = support::run(&resync, &[]);
     assert!(status.success(), "{out}{err}");
     let _p = Proc::spawn(&args, &[]);

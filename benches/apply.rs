@@ -21,9 +21,9 @@ use totes_cdc::apply::batch::Batch;
 use totes_cdc::apply::warehouse::{Model, Warehouse};
 use totes_cdc::capture::stream::CaptureStats;
 use totes_cdc::capture::{self, CaptureConfig, SnapshotMode};
+use totes_cdc::channel::{self, ItemKind};
 use totes_cdc::event::{ChangeEvent, Lsn};
 use totes_cdc::pg::PgUrl;
-use totes_cdc::transport::{self, ItemKind};
 
 const BUNDLES: i32 = 25_000;
 const RATE: u64 = 1_000;
@@ -45,7 +45,7 @@ async fn capture_all(pg: &PgCluster, db: &str, until: Lsn) -> Vec<ChangeEvent> {
         until: Some(until),
         slot_max_retained_wal: 1 << 30,
     };
-    let (tx, mut rx, acker) = transport::channel(4096, 1 << 30);
+    let (tx, mut rx, acker) = channel::channel(4096, 1 << 30);
     let collector = tokio::spawn(async move {
         let mut events = Vec::new();
         while let Some(item) = rx.recv().await {

@@ -4,10 +4,13 @@
 pub mod apply;
 pub mod aws;
 pub mod capture;
+pub mod channel;
 pub mod commands;
 pub mod config;
+pub mod error_policy;
 pub mod event;
 pub mod fault;
+pub mod fix;
 pub mod lake;
 pub mod metrics;
 pub mod pg;

@@ -14,27 +14,27 @@ pub const SESSION_OPTIONS: &str = "-c DateStyle=ISO,YMD -c IntervalStyle=iso_860
 
 #[derive(Debug, Error)]
 pub enum PgError {
-    #[error("{what} is not a valid PostgreSQL URL ({reason}); expected postgres://user:password@host:port/database")]
+    #[error("{what} is not a valid PostgreSQL URL ({reason})")]
     BadUrl { what: &'static str, reason: String },
-    #[error("cannot reach {what} at {target}: {cause}. Check the host and port in {what} and that the server is running and accepts TCP connections")]
+    #[error("cannot reach {what} at {target}: {cause}")]
     Unreachable {
         what: &'static str,
         target: String,
         cause: String,
     },
-    #[error("{what} ({target}): password authentication failed for user \"{user}\". Check the user and password in {what}")]
+    #[error("{what} ({target}): password authentication failed for user \"{user}\"")]
     Auth {
         what: &'static str,
         target: String,
         user: String,
     },
-    #[error("{what} ({target}): database \"{database}\" does not exist. Create it, or fix the database name in {what}")]
+    #[error("{what} ({target}): database \"{database}\" does not exist")]
     NoDatabase {
         what: &'static str,
         target: String,
         database: String,
     },
-    #[error("{what} ({target}) refused the connection: {message}. Check pg_hba.conf and the role's LOGIN/CONNECT privileges")]
+    #[error("{what} ({target}) refused the connection: {message}")]
     Refused {
         what: &'static str,
         target: String,
@@ -50,6 +50,27 @@ pub enum PgError {
     },
 }
 
+impl crate::fix::Fix for PgError {
+    fn fix(&self) -> Option<String> {
+        Some(match self {
+            PgError::BadUrl { .. } => {
+                "write it as postgres://user:password@host:port/database".into()
+            }
+            PgError::Unreachable { what, .. } => format!(
+                "check the host and port in {what}, and that the server is running and accepts TCP connections"
+            ),
+            PgError::Auth { what, .. } => format!("check the user and password in {what}"),
+            PgError::NoDatabase { what, .. } => {
+                format!("create it, or fix the database name in {what}")
+            }
+            PgError::Refused { .. } => {
+                "check pg_hba.conf and the role's LOGIN/CONNECT privileges".into()
+            }
+            PgError::Query { .. } => return None,
+        })
+    }
+}
+
 impl PgError {
     /// Whether retrying later may succeed (the server is down or restarting), as opposed to a
     /// problem only a configuration change fixes.
@@ -62,22 +83,9 @@ impl PgError {
     }
 }
 
-/// Whether a tokio-postgres error is worth retrying: connection loss, server shutdown or start-up,
-/// too many connections, serialization failures.
+/// Whether a tokio-postgres error is worth retrying (`error_policy` decides).
 pub fn is_transient(e: &tokio_postgres::Error) -> bool {
-    match e.code() {
-        Some(code) => {
-            let c = code.code();
-            c.starts_with("08")
-                || c.starts_with("53")
-                || c.starts_with("57P")
-                || c == "40001"
-                || c == "40P01"
-                || c == "55006"
-        }
-        // No SQLSTATE: an I/O problem or a closed connection.
-        None => true,
-    }
+    crate::error_policy::for_pg(e) == crate::error_policy::Action::Retry
 }
 
 /// A parsed PostgreSQL connection URL (or key=value string).

@@ -31,6 +31,9 @@ CREATE TABLE IF NOT EXISTS totes_cdc.dead_letters (
     created_at timestamptz NOT NULL DEFAULT now()
 );
 ALTER TABLE totes_cdc.dead_letters ADD COLUMN IF NOT EXISTS origin text;
+-- Why, as a kind: invalid_date (the model's SQL), refused_value (the staging mirror refused
+-- it), unparseable_record (a Kinesis record that is not an envelope). NULL before version 2.
+ALTER TABLE totes_cdc.dead_letters ADD COLUMN IF NOT EXISTS kind text;
 CREATE UNIQUE INDEX IF NOT EXISTS dead_letters_position
     ON totes_cdc.dead_letters (source_table, lsn, seq, reason);
 -- Records that never became events (a Kinesis record that does not parse): where they came from.

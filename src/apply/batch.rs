@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use crate::channel::{Item, ItemKind};
 use crate::event::{ChangeEvent, Lsn};
-use crate::transport::{Item, ItemKind};
 
 /// Where a consumer's batch ends in its Kinesis shard, checkpointed with the batch.
 #[derive(Debug, Clone, Default)]
@@ -52,6 +52,11 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// Nothing to write: no events, no dead letters, no shard position to record.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.rejects.is_empty() && self.shard.is_none()
+    }
+
     fn push(&mut self, item: Item) {
         self.last_seqno = item.seqno;
         self.items += 1;

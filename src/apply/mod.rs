@@ -3,6 +3,7 @@
 //! only then does capture confirm the LSN to the source.
 
 pub mod batch;
+pub mod source;
 pub mod warehouse;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,8 +12,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use crate::channel::{Acker, Item};
+use crate::metrics::server::Health;
 use crate::retry::Backoff;
-use crate::transport::{Acker, Item};
+pub use source::{BatchSource, ChannelSource};
 use warehouse::{ApplyError, Warehouse};
 
 #[derive(Debug, Clone)]
@@ -37,52 +40,57 @@ pub struct ApplyStats {
     pub last_batch_us: AtomicU64,
 }
 
-/// Applies batches from `rx` until it closes; retries transient warehouse failures (nothing is
-/// acknowledged meanwhile) and stops on a permanent one.
-pub async fn run(
-    mut rx: mpsc::Receiver<Item>,
-    acker: Acker,
-    mut wh: Warehouse,
-    cfg: ApplyConfig,
-    stats: Arc<ApplyStats>,
-    health: Arc<crate::metrics::server::Health>,
-) -> Result<(), ApplyError> {
+impl ApplyStats {
+    fn add(&self, applied: &warehouse::Applied, took: Duration, batch: &batch::Batch) {
+        let add = |c: &AtomicU64, n: usize| c.fetch_add(n as u64, Ordering::Relaxed);
+        add(&self.batches, 1);
+        add(&self.events, applied.events);
+        add(&self.dead_letters, applied.dead_letters);
+        add(&self.lake_files, applied.lake_files);
+        add(&self.lake_bytes, applied.lake_bytes);
+        self.last_batch_us
+            .store(took.as_micros() as u64, Ordering::Relaxed);
+        if let Some(ts) = batch.newest_commit_ts_us {
+            let lat = (crate::event::now_us() - ts).max(0) as u64 / 1000;
+            self.last_latency_ms.store(lat, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The one apply driver: takes batches from `source` until it ends, applies each in one
+/// warehouse transaction, retries what the warehouse or lake cannot do for a moment (nothing
+/// is acknowledged meanwhile), records metrics and health, and tells the source once a batch
+/// committed. Stops on an error that waiting does not mend.
+pub async fn drive<S: BatchSource>(
+    source: &mut S,
+    wh: &mut Warehouse,
+    stats: &ApplyStats,
+    health: &Health,
+) -> Result<(), S::Error> {
     let m = crate::metrics::get();
-    // A batch whose lake files a crash left uncommitted is formed again, event for event.
-    let mut replay = loop {
+    let mut backoff = Backoff::new();
+    loop {
         match wh.prepare().await {
-            Ok(r) => {
+            Ok(()) => {
                 health.set("warehouse", true, wh.url().target());
-                break r;
+                break;
             }
             Err(e) if e.is_transient() => {
                 health.set("warehouse", false, e.to_string());
-                tracing::warn!("warehouse unavailable, retrying: {e}");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                let delay = backoff.next_delay();
+                tracing::warn!(
+                    "warehouse unavailable, retrying in {:.1}s: {e}",
+                    delay.as_secs_f64()
+                );
+                tokio::time::sleep(delay).await;
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
-    };
-    loop {
-        let limits = match replay.take() {
-            Some(n) => batch::Limits {
-                max_events: n,
-                max_bytes: None,
-                max_wait: None,
-            },
-            None => batch::Limits {
-                max_events: cfg.batch_max_events,
-                max_bytes: Some(cfg.batch_max_bytes),
-                max_wait: Some(cfg.batch_max_wait),
-            },
-        };
-        let Some(batch) = batch::next_batch(&mut rx, limits, |ev| wh.already_committed(ev)).await
-        else {
-            break;
-        };
-        if batch.events.is_empty() {
+    }
+    while let Some(batch) = source.next_batch(wh).await? {
+        if batch.is_empty() {
             // Only transaction ends: nothing to write, everything before is durable.
-            acker.ack(batch.last_seqno);
+            source.committed(&batch).await?;
             continue;
         }
         let mut backoff = Backoff::new();
@@ -90,26 +98,7 @@ pub async fn run(
             let started = Instant::now();
             match wh.apply(&batch).await {
                 Ok(applied) => {
-                    stats.batches.fetch_add(1, Ordering::Relaxed);
-                    stats
-                        .events
-                        .fetch_add(applied.events as u64, Ordering::Relaxed);
-                    stats
-                        .dead_letters
-                        .fetch_add(applied.dead_letters as u64, Ordering::Relaxed);
-                    stats
-                        .lake_files
-                        .fetch_add(applied.lake_files as u64, Ordering::Relaxed);
-                    stats
-                        .lake_bytes
-                        .fetch_add(applied.lake_bytes as u64, Ordering::Relaxed);
-                    stats
-                        .last_batch_us
-                        .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-                    if let Some(ts) = batch.newest_commit_ts_us {
-                        let lat = (crate::event::now_us() - ts).max(0) as u64 / 1000;
-                        stats.last_latency_ms.store(lat, Ordering::Relaxed);
-                    }
+                    stats.add(&applied, started.elapsed(), &batch);
                     record(&applied, started.elapsed().as_secs_f64(), &batch);
                     health.set("warehouse", true, wh.url().target());
                     tracing::debug!(
@@ -118,7 +107,7 @@ pub async fn run(
                         "batch applied"
                     );
                     crate::fault::point(crate::fault::Point::AfterCommit);
-                    acker.ack(batch.last_seqno);
+                    source.committed(&batch).await?;
                     break;
                 }
                 Err(e) if e.is_transient() => {
@@ -137,15 +126,33 @@ pub async fn run(
                     );
                     tokio::time::sleep(delay).await;
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
         }
     }
     Ok(())
 }
 
+/// The embedded pipeline's applier: batches from the capture channel until it closes.
+pub async fn run(
+    rx: mpsc::Receiver<Item>,
+    acker: Acker,
+    mut wh: Warehouse,
+    cfg: ApplyConfig,
+    stats: Arc<ApplyStats>,
+    health: Arc<Health>,
+) -> Result<(), ApplyError> {
+    drive(
+        &mut ChannelSource::new(rx, acker, cfg),
+        &mut wh,
+        &stats,
+        &health,
+    )
+    .await
+}
+
 /// The metrics of an applied batch.
-pub fn record(applied: &warehouse::Applied, seconds: f64, batch: &batch::Batch) {
+fn record(applied: &warehouse::Applied, seconds: f64, batch: &batch::Batch) {
     let m = crate::metrics::get();
     m.batch_events.observe(applied.events as f64);
     m.batch_apply_seconds.observe(seconds);
@@ -158,7 +165,7 @@ pub fn record(applied: &warehouse::Applied, seconds: f64, batch: &batch::Batch) 
     m.lake_bytes_total.inc_by(applied.lake_bytes as u64);
     for (reason, n) in &applied.dead_by_reason {
         m.dead_letters_total
-            .with_label_values(&[reason])
+            .with_label_values(&[reason.as_str()])
             .inc_by(*n as u64);
     }
     if let Some(ts) = batch.newest_commit_ts_us {

@@ -25,9 +25,9 @@ use tokio::sync::watch;
 
 pub use error::CaptureError;
 
+use crate::channel::SinkSender;
 use crate::event::Lsn;
 use crate::pg::{sqlstate_of, PgUrl};
-use crate::transport::SinkSender;
 use catalog::{Catalog, TableName};
 use snapshot::{run_snapshot, SnapshotJob};
 use state::{SnapshotState, StateFile};
@@ -413,10 +413,9 @@ async fn drain_without_session(
 fn replication_is_transient(e: &PgWireError) -> bool {
     match e {
         PgWireError::Io(_) | PgWireError::Task(_) | PgWireError::Protocol(_) => true,
-        PgWireError::Server(msg) => matches!(
-            sqlstate_of(msg),
-            Some(c) if c.starts_with("08") || c.starts_with("53") || c.starts_with("57P") || c == "55006" || c == "XX000"
-        ),
+        PgWireError::Server(msg) => sqlstate_of(msg).is_some_and(|c| {
+            crate::error_policy::for_sqlstate(c) == crate::error_policy::Action::Retry
+        }),
         _ => false,
     }
 }

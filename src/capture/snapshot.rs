@@ -11,10 +11,10 @@ use tokio::sync::mpsc;
 use super::redo::ChangedKeys;
 use super::state::{SnapshotState, StateFile};
 use super::CaptureError;
+use crate::channel::{ItemKind, SinkSender};
 use crate::event::copy_text::parse_row;
 use crate::event::{ChangeEvent, Lsn, Op, Position, TableSchema};
 use crate::pg::{quote_ident, quote_literal, PgUrl};
-use crate::transport::{ItemKind, SinkSender};
 
 pub struct SnapshotJob {
     pub url: PgUrl,

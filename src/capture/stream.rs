@@ -11,8 +11,8 @@ use tokio::sync::watch;
 use super::catalog::{Catalog, TableName};
 use super::pgoutput::{decode, Message, OldTuple};
 use super::CaptureError;
+use crate::channel::{ItemKind, SinkSender};
 use crate::event::{ChangeEvent, Datum, Lsn, Op, Position, TableSchema};
-use crate::transport::{ItemKind, SinkSender};
 
 /// Microseconds between the PostgreSQL epoch (2000-01-01) and the Unix epoch.
 pub const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;

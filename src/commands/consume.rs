@@ -2,15 +2,12 @@
 //! up (`totes-cdc setup --source-url ... --warehouse-url ...`), which creates the staging
 //! mirrors the records are applied to.
 
-use std::sync::Arc;
-
 use anyhow::Result;
 use tokio::sync::watch;
 
-use crate::apply::warehouse::Warehouse;
 use crate::config::ConsumeArgs;
 use crate::lake::Store;
-use crate::transport::kinesis::consumer::{self, ConsumerConfig, ConsumerStats};
+use crate::transport::kinesis::consumer::{self, ConsumerConfig};
 use crate::transport::kinesis::leases::Leases;
 use crate::transport::kinesis::{self as kinesis};
 
@@ -28,17 +25,11 @@ pub async fn run(args: ConsumeArgs, shutdown: watch::Receiver<bool>) -> Result<(
     let (client, region) = kinesis::client().await;
     let stream = args.kinesis.kinesis_stream.clone();
     kinesis::check_stream(&client, &stream, &region).await?;
-    super::require_staging(&url).await?;
-    let mut wh = Warehouse::new(
-        url.clone(),
-        &args.warehouse.warehouse_schema,
-        args.warehouse.model,
-        CHECKPOINT,
-        "",
-    )
-    .without_lake_dedupe();
-    if args.warehouse.lake != "none" {
-        wh = wh.with_lake(Store::open(&args.warehouse.lake).await?);
+    let mut wh = super::warehouse_without_source(&url, &args.warehouse, CHECKPOINT)
+        .await?
+        .without_lake_dedupe();
+    if let Some(lake) = args.warehouse.lake.at() {
+        wh = wh.with_lake(Store::open(lake).await?);
     }
     tracing::info!(consumer = %id, %stream, warehouse = %url.masked(), "consuming");
     let cfg = ConsumerConfig {
@@ -48,9 +39,8 @@ pub async fn run(args: ConsumeArgs, shutdown: watch::Receiver<bool>) -> Result<(
         poll: args.poll_interval,
     };
     let leases = Leases::new(url, &stream, &id);
-    let stats = Arc::new(ConsumerStats::default());
     let health = crate::metrics::server::Health::new();
     super::serve_metrics(&args.metrics.metrics_addr, health.clone()).await?;
-    consumer::run(client, cfg, wh, leases, stats, shutdown, health).await?;
+    consumer::run(client, cfg, wh, leases, shutdown, health).await?;
     Ok(())
 }

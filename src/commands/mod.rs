@@ -30,9 +30,28 @@ pub async fn serve_metrics(
     Ok(())
 }
 
-/// Fails with the fix when the warehouse has no staging mirrors (`setup` was not run): the
-/// roles that apply without a source (consume, replay) cannot create them.
+/// The warehouse of a role that applies without a source (consume, replay): checked by
+/// `require_staging`, writing checkpoint `checkpoint`.
+pub async fn warehouse_without_source(
+    url: &crate::pg::PgUrl,
+    args: &crate::config::WarehouseArgs,
+    checkpoint: &str,
+) -> anyhow::Result<crate::apply::warehouse::Warehouse> {
+    require_staging(url).await?;
+    Ok(crate::apply::warehouse::Warehouse::new(
+        url.clone(),
+        &args.warehouse_schema,
+        args.model,
+        checkpoint,
+        "",
+    ))
+}
+
+/// Fails with the fix when the warehouse has no staging mirrors (`setup` was not run) or a
+/// schema older than this binary writes: the roles that apply without a source (consume,
+/// replay) cannot create or upgrade them.
 pub async fn require_staging(url: &crate::pg::PgUrl) -> anyhow::Result<()> {
+    use crate::apply::warehouse::{bookkeeping, ddl};
     let control = url.connect().await?;
     let mirrors: i64 = control
         .query_one(
@@ -49,5 +68,48 @@ pub async fn require_staging(url: &crate::pg::PgUrl) -> anyhow::Result<()> {
             url.target()
         );
     }
+    let version = bookkeeping::schema_version(&control)
+        .await
+        .map_err(|e| url.query_error("reading the schema version", e))?
+        .unwrap_or(0);
+    if version < ddl::SCHEMA_VERSION {
+        anyhow::bail!(
+            "the warehouse at {} was set up by an older totes-cdc (schema version {version}, this binary needs {}): run `totes-cdc setup --source-url <source> --warehouse-url <warehouse>` to upgrade it",
+            url.target(),
+            ddl::SCHEMA_VERSION
+        );
+    }
     Ok(())
+}
+
+/// The remedy of the first error in `e`'s chain that knows one.
+fn fix_of(e: &anyhow::Error) -> Option<String> {
+    e.chain().find_map(|cause| {
+        macro_rules! try_as {
+            ($($t:ty),*) => {
+                $(if let Some(x) = cause.downcast_ref::<$t>() {
+                    if let Some(f) = crate::fix::Fix::fix(x) {
+                        return Some(f);
+                    }
+                })*
+            };
+        }
+        try_as!(
+            crate::pg::PgError,
+            crate::capture::CaptureError,
+            crate::apply::warehouse::ApplyError,
+            crate::lake::StoreError,
+            crate::transport::kinesis::KinesisError,
+            crate::transport::kinesis::consumer::ConsumeError
+        );
+        None
+    })
+}
+
+/// `error` and, on the next line, its remedy, as the command line prints them.
+pub fn report(e: &anyhow::Error) -> String {
+    match fix_of(e) {
+        Some(fix) => format!("error: {e:#}\n  fix: {fix}"),
+        None => format!("error: {e:#}"),
+    }
 }

@@ -12,9 +12,9 @@ use crate::apply::{self, ApplyConfig, ApplyStats};
 use crate::capture::catalog::TableName;
 use crate::capture::stream::CaptureStats;
 use crate::capture::{self};
+use crate::channel;
 use crate::config::{RunArgs, WarehouseArgs};
 use crate::pg::PgUrl;
-use crate::transport;
 
 /// The checkpoint name of the embedded pipeline's writer.
 pub const CHECKPOINT: &str = "apply";
@@ -42,9 +42,8 @@ pub async fn prepare_warehouse(
         &source.database(),
     );
     wh.setup(&tables).await?;
-    if args.lake != "none" {
-        let store = crate::lake::Store::open(&args.lake).await?;
-        wh = wh.with_lake(store);
+    if let Some(lake) = args.lake.at() {
+        wh = wh.with_lake(crate::lake::Store::open(lake).await?);
     }
     Ok(wh)
 }
@@ -68,7 +67,7 @@ pub async fn run(args: RunArgs, shutdown: watch::Receiver<bool>) -> Result<()> {
     let health = crate::metrics::server::Health::new();
     super::serve_metrics(&args.metrics.metrics_addr, health.clone()).await?;
     let channel_bytes = args.capture.channel_max_bytes.max(1) as usize;
-    let (tx, rx, acker) = transport::channel(args.capture.channel_capacity, channel_bytes);
+    let (tx, rx, acker) = channel::channel(args.capture.channel_capacity, channel_bytes);
     let apply_stats = Arc::new(ApplyStats::default());
     let apply_cfg = ApplyConfig {
         batch_max_events: args.warehouse.batch_max_events.max(1),

@@ -9,7 +9,7 @@ use crate::capture::stream::CaptureStats;
 use crate::capture::{self, CaptureConfig};
 use crate::config::{CaptureArgs, SinkKind, SourceArgs, StreamArgs};
 use crate::pg::PgUrl;
-use crate::transport;
+use crate::{channel, transport};
 
 /// The capture settings shared by every role that captures.
 pub fn capture_config(source: &SourceArgs, capture: &CaptureArgs) -> Result<CaptureConfig> {
@@ -42,7 +42,7 @@ pub async fn run(args: StreamArgs, shutdown: watch::Receiver<bool>) -> Result<()
     tracing::info!(source = %cfg.source.masked(), slot = %cfg.slot, publication = %cfg.publication, "starting capture");
     let health = crate::metrics::server::Health::new();
     super::serve_metrics(&args.metrics.metrics_addr, health.clone()).await?;
-    let (tx, rx, acker) = transport::channel(
+    let (tx, rx, acker) = channel::channel(
         args.capture.channel_capacity,
         args.capture.channel_max_bytes.max(1) as usize,
     );
@@ -61,10 +61,9 @@ pub async fn run(args: StreamArgs, shutdown: watch::Receiver<bool>) -> Result<()
             let (client, region) = transport::kinesis::client().await;
             let stream = args.kinesis.kinesis_stream.clone();
             transport::kinesis::check_stream(&client, &stream, &region).await?;
-            let oversize = if args.lake == "none" {
-                None
-            } else {
-                Some(crate::lake::Store::open(&args.lake).await?)
+            let oversize = match args.lake.at() {
+                Some(lake) => Some(crate::lake::Store::open(lake).await?),
+                None => None,
             };
             let cfg = transport::kinesis::producer::ProducerConfig {
                 stream,

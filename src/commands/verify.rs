@@ -181,52 +181,20 @@ async fn compare_star(
         .context("recomputing the star schema from staging")?;
 
     let mut reports = Vec::new();
-    let diff = |expected: String, actual: String| {
-        format!(
-            "SELECT 'expected ' || e FROM ({expected} EXCEPT {actual}) x(e) \
-             UNION ALL SELECT 'found    ' || a FROM ({actual} EXCEPT {expected}) y(a) ORDER BY 1"
-        )
-    };
     for (dim, id) in DIMS {
         let expected = format!("SELECT to_jsonb(e)::text FROM pg_temp.{dim} e");
         let actual = format!(
             "SELECT to_jsonb(a)::text FROM {s}.{dim} a WHERE a.{id} IN (SELECT {id} FROM pg_temp.{dim})"
         );
-        let rows: i64 = tx
-            .query_one(&format!("SELECT count(*) FROM pg_temp.{dim}"), &[])
-            .await?
-            .get(0);
-        let diffs = tx
-            .query(diff(expected, actual).as_str(), &[])
-            .await?
-            .iter()
-            .map(|r| r.get::<_, String>(0))
-            .collect();
-        reports.push(Report {
-            table: format!("{schema}.{dim}"),
-            rows: rows as usize,
-            diffs,
-        });
+        let label = format!("{schema}.{dim}");
+        reports.push(compare(&tx, label, dim, &expected, &actual).await?);
     }
     for (fact, _, record) in FACTS {
         let expected = format!("SELECT (to_jsonb(e) - '{record}')::text FROM pg_temp.{fact} e");
         let actual =
             format!("SELECT (to_jsonb(a) - '{record}')::text FROM {s}.{fact} a WHERE a.is_current");
-        let rows: i64 = tx
-            .query_one(&format!("SELECT count(*) FROM pg_temp.{fact}"), &[])
-            .await?
-            .get(0);
-        let diffs = tx
-            .query(diff(expected, actual).as_str(), &[])
-            .await?
-            .iter()
-            .map(|r| r.get::<_, String>(0))
-            .collect();
-        reports.push(Report {
-            table: format!("{schema}.{fact} (current versions)"),
-            rows: rows as usize,
-            diffs,
-        });
+        let label = format!("{schema}.{fact} (current versions)");
+        reports.push(compare(&tx, label, fact, &expected, &actual).await?);
     }
     // Every date a fact references is in dim_date.
     let missing = tx
@@ -308,4 +276,33 @@ pub async fn run(args: VerifyArgs) -> Result<()> {
         anyhow::bail!("the warehouse differs from the source in {total} places (see above)");
     }
     Ok(())
+}
+
+/// The rows of `expected` (recomputed into `pg_temp.<recomputed>`) and `actual` that differ.
+async fn compare(
+    tx: &tokio_postgres::Transaction<'_>,
+    table: String,
+    recomputed: &str,
+    expected: &str,
+    actual: &str,
+) -> Result<Report> {
+    let rows: i64 = tx
+        .query_one(&format!("SELECT count(*) FROM pg_temp.{recomputed}"), &[])
+        .await?
+        .get(0);
+    let sql = format!(
+        "SELECT 'expected ' || e FROM ({expected} EXCEPT {actual}) x(e) \
+         UNION ALL SELECT 'found    ' || a FROM ({actual} EXCEPT {expected}) y(a) ORDER BY 1"
+    );
+    let diffs = tx
+        .query(sql.as_str(), &[])
+        .await?
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect();
+    Ok(Report {
+        table,
+        rows: rows as usize,
+        diffs,
+    })
 }

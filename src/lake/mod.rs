@@ -14,6 +14,7 @@
 pub mod arrow;
 pub mod read;
 pub mod store;
+pub mod writer;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -32,13 +33,68 @@ use self::arrow::{build, conv_for, data_type, Conv};
 use crate::event::civil::civil_from_days;
 use crate::event::{ChangeEvent, Datum, Position};
 pub use store::{Store, StoreError};
+pub use writer::{LakeWriter, WriteError};
+
+/// The `lake` option: a directory, `s3://bucket/prefix`, or `none` (no lake).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    Off,
+    At(String),
+}
+
+impl Location {
+    /// Where the lake is, unless it is off.
+    pub fn at(&self) -> Option<&str> {
+        match self {
+            Location::Off => None,
+            Location::At(s) => Some(s),
+        }
+    }
+}
+
+impl std::str::FromStr for Location {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "" => {
+                Err("an empty lake location: give a directory, s3://bucket/prefix, or none".into())
+            }
+            "none" => Ok(Location::Off),
+            s => Ok(Location::At(s.to_string())),
+        }
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.at().unwrap_or("none"))
+    }
+}
+
+/// What a lake file holds; also the top folder of its path and its manifest `kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// Raw change events of a source table.
+    Changes,
+    /// Star rows a batch produced.
+    Processed,
+}
+
+impl FileKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileKind::Changes => "changes",
+            FileKind::Processed => "processed",
+        }
+    }
+}
 
 /// A file of the lake, built in memory.
 #[derive(Debug, Clone)]
 pub struct LakeFile {
     pub path: String,
-    /// `changes` or `processed`.
-    pub kind: &'static str,
+    pub kind: FileKind,
     /// `schema.table` for changes, the warehouse table for processed.
     pub table: String,
     pub first: Position,
@@ -167,7 +223,7 @@ pub fn changes_files(events: &[ChangeEvent]) -> Result<Vec<LakeFile>, String> {
                 position_name(first),
                 position_name(last)
             ),
-            kind: "changes",
+            kind: FileKind::Changes,
             table,
             first,
             last,
@@ -214,7 +270,7 @@ pub fn processed_file(
             position_name(first),
             position_name(last)
         ),
-        kind: "processed",
+        kind: FileKind::Processed,
         table: table.to_string(),
         first,
         last,

@@ -11,17 +11,15 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum StoreError {
-    #[error(
-        "lake directory {path}: {source}. Set `lake` to a writable directory or s3://bucket/prefix"
-    )]
+    #[error("lake directory {path}: {source}")]
     Local {
         path: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("S3 bucket \"{bucket}\" does not exist (or is in another region). Create it, or fix `lake` (s3://bucket/prefix) and the AWS region")]
+    #[error("S3 bucket \"{bucket}\" does not exist (or is in another region)")]
     NoBucket { bucket: String },
-    #[error("access to s3://{bucket}/{key} was denied ({code}). Grant the role s3:PutObject, s3:GetObject and s3:DeleteObject on the lake prefix, or fix the AWS credentials")]
+    #[error("access to s3://{bucket}/{key} was denied ({code})")]
     Denied {
         bucket: String,
         key: String,
@@ -35,6 +33,18 @@ pub enum StoreError {
     },
     #[error("`lake` {0:?} is not a directory path or s3://bucket/prefix")]
     BadLocation(String),
+}
+
+impl crate::fix::Fix for StoreError {
+    fn fix(&self) -> Option<String> {
+        Some(match self {
+            StoreError::Local { .. } => "set `lake` to a writable directory or s3://bucket/prefix".into(),
+            StoreError::NoBucket { .. } => "create it, or fix `lake` (s3://bucket/prefix) and the AWS region".into(),
+            StoreError::Denied { .. } => "grant the role s3:PutObject, s3:GetObject and s3:DeleteObject on the lake prefix, or fix the AWS credentials".into(),
+            StoreError::BadLocation(_) => "give a directory path, s3://bucket/prefix, or none".into(),
+            StoreError::Transient { .. } => return None,
+        })
+    }
 }
 
 impl StoreError {

@@ -4,7 +4,7 @@
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use super::{Acker, Item, ItemKind};
+use crate::channel::{Acker, Item, ItemKind};
 use crate::event::json::write_envelope;
 
 /// Writes envelopes to `out`, one per line; acknowledges after each flush.

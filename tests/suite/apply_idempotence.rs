@@ -13,9 +13,9 @@ use totes_cdc::apply::batch::Batch;
 use totes_cdc::apply::warehouse::{Model, Warehouse};
 use totes_cdc::capture::stream::CaptureStats;
 use totes_cdc::capture::{self, CaptureConfig, SnapshotMode};
+use totes_cdc::channel::{self, ItemKind};
 use totes_cdc::event::{ChangeEvent, Lsn};
 use totes_cdc::pg::PgUrl;
-use totes_cdc::transport::{self, ItemKind};
 
 /// Captures everything up to now with the library's capture and an in-memory sink.
 async fn capture_all(
@@ -44,7 +44,7 @@ async fn capture_all(
         until: Some(Lsn::parse(&until).unwrap()),
         slot_max_retained_wal: 1 << 30,
     };
-    let (tx, mut rx, acker) = transport::channel(256, 1 << 30);
+    let (tx, mut rx, acker) = channel::channel(256, 1 << 30);
     let collector = tokio::spawn(async move {
         let mut events = Vec::new();
         while let Some(item) = rx.recv().await {

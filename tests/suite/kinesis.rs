@@ -351,7 +351,7 @@ async fn a_missing_stream_or_an_unreachable_endpoint_stops_with_the_fix() {
     let state = support::temp_dir("kbad").to_string_lossy().into_owned();
     let lake = format!("{state}/lake");
     let e = moto.env();
-    let last_line = |err: &str| err.lines().last().unwrap_or_default().to_string();
+    let last_line = support::error_report;
     let (status, _, err) = support::run(&stream_kinesis_args("nope", &src_url, &state, &lake), &e);
     assert!(!status.success());
     let line = last_line(&err);

@@ -482,9 +482,9 @@ async fn the_s3_lake_works_through_the_real_sdk() {
         &env,
     );
     assert!(!status.success());
-    let line = err.lines().last().unwrap_or_default();
+    let line = support::error_report(&err);
     assert!(
-        line.contains("bucket \"no-such-bucket\" does not exist") && line.contains("Create it"),
+        line.contains("bucket \"no-such-bucket\" does not exist") && line.contains("create it"),
         "{err}"
     );
 

@@ -578,7 +578,7 @@ async fn a_slot_invalidated_while_running_stops_the_pipeline_with_the_fix() {
     let status = p.wait(WAIT);
     assert!(!status.success());
     let err = p.stderr();
-    let last = err.lines().last().unwrap_or_default();
+    let last = support::error_report(&err);
     assert!(last.contains("has been invalidated"), "{err}");
     assert!(last.contains("totes-cdc resync"), "{err}");
 }

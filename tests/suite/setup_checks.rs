@@ -9,9 +9,7 @@ use support::{run, totesys, PgCluster, Proc};
 
 /// The error line: the last line of stderr, which must start with `error:`.
 fn error_line(stderr: &str) -> String {
-    let line = stderr.lines().last().unwrap_or_default().to_string();
-    assert!(line.starts_with("error: "), "no error line in: {stderr}");
-    line
+    support::error_report(stderr)
 }
 
 fn setup(url: &str) -> (bool, String, String) {

@@ -176,7 +176,7 @@ fn role_actions(files: &BTreeMap<String, Value>) -> BTreeMap<String, BTreeSet<St
 /// with the consumers' role.
 const CALLS: &[(&str, &str, &str, &[&str])] = &[
     (
-        "src/transport/kinesis/producer.rs",
+        "src/transport/kinesis/producer/mod.rs",
         "put_records",
         "kinesis:PutRecords",
         &["capture"],
@@ -194,25 +194,13 @@ const CALLS: &[(&str, &str, &str, &[&str])] = &[
         &["consume"],
     ),
     (
-        "src/transport/kinesis/consumer.rs",
+        "src/transport/kinesis/shard_reader.rs",
         "get_shard_iterator",
         "kinesis:GetShardIterator",
         &["consume"],
     ),
     (
-        "src/transport/kinesis/consumer.rs",
-        "get_records",
-        "kinesis:GetRecords",
-        &["consume"],
-    ),
-    (
-        "src/commands/replay.rs",
-        "get_shard_iterator",
-        "kinesis:GetShardIterator",
-        &["consume"],
-    ),
-    (
-        "src/commands/replay.rs",
+        "src/transport/kinesis/shard_reader.rs",
         "get_records",
         "kinesis:GetRecords",
         &["consume"],

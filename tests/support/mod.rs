@@ -337,3 +337,18 @@ pub async fn wait_oracle_caught_up(oracle: &Proc, src: &tokio_postgres::Client, 
         })
     });
 }
+
+/// The error a command ended with, as it prints it: the last `error: ` line of its stderr and
+/// the `  fix: ` line under it, if any, joined by a newline.
+pub fn error_report(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr.lines().collect();
+    let Some(at) = lines.iter().rposition(|l| l.starts_with("error: ")) else {
+        panic!("no error line in: {stderr}");
+    };
+    let rest = &lines[at + 1..];
+    assert!(
+        rest.iter().all(|l| l.starts_with("  fix: ")) && rest.len() <= 1,
+        "the error is not the last thing printed: {stderr}"
+    );
+    lines[at..].join("\n")
+}

@@ -14,13 +14,14 @@ WITH versions AS MATERIALIZED (
                      WHERE f.purchase_order_id = b.purchase_order_id AND f.source_seq < 0
                        AND f.source_lsn <> b._lsn AND abs(f.source_lsn - b._lsn) < 64)))
 ), dead AS (
-    INSERT INTO totes_cdc.dead_letters (source_table, lsn, seq, op, event, reason)
+    INSERT INTO totes_cdc.dead_letters (source_table, lsn, seq, op, event, reason, kind)
     SELECT 'public.purchase_order', v._lsn, v._seq, v._op,
            to_jsonb(v) - '_lsn' - '_seq' - '_op' - '_unchanged' - 'payment_ok' - 'delivery_ok',
            CASE WHEN NOT v.delivery_ok
                 THEN format('agreed_delivery_date %L is not a date (YYYY-MM-DD)', v.agreed_delivery_date)
                 ELSE format('agreed_payment_date %L is not a date (YYYY-MM-DD)', v.agreed_payment_date)
-           END
+           END,
+           'invalid_date'
     FROM versions v
     WHERE NOT (v.delivery_ok AND v.payment_ok)
     ON CONFLICT DO NOTHING

@@ -14,10 +14,11 @@ WITH versions AS MATERIALIZED (
                      WHERE f.payment_id = b.payment_id AND f.source_seq < 0
                        AND f.source_lsn <> b._lsn AND abs(f.source_lsn - b._lsn) < 64)))
 ), dead AS (
-    INSERT INTO totes_cdc.dead_letters (source_table, lsn, seq, op, event, reason)
+    INSERT INTO totes_cdc.dead_letters (source_table, lsn, seq, op, event, reason, kind)
     SELECT 'public.payment', v._lsn, v._seq, v._op,
            to_jsonb(v) - '_lsn' - '_seq' - '_op' - '_unchanged' - 'date_ok',
-           format('payment_date %L is not a date (YYYY-MM-DD)', v.payment_date)
+           format('payment_date %L is not a date (YYYY-MM-DD)', v.payment_date),
+           'invalid_date'
     FROM versions v
     WHERE NOT v.date_ok
     ON CONFLICT DO NOTHING

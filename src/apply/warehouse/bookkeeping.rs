@@ -6,7 +6,16 @@ use std::collections::HashMap;
 
 use tokio_postgres::{Error, GenericClient};
 
+use super::DeadLetterKind;
 use crate::event::Position;
+
+/// The newest schema version `setup` recorded (none before the first setup).
+pub async fn schema_version<C: GenericClient>(db: &C) -> Result<Option<i32>, Error> {
+    Ok(db
+        .query_one("SELECT max(version) FROM totes_cdc.schema_version", &[])
+        .await?
+        .get(0))
+}
 
 /// Moves checkpoint `name` forward to `last` (never back), with the newest commit time applied.
 pub async fn record_checkpoint<C: GenericClient>(
@@ -88,21 +97,29 @@ pub async fn dead_letter_count<C: GenericClient>(db: &C) -> Result<i64, Error> {
         .get(0))
 }
 
-/// The dead letters the current transaction wrote (the model's SQL writes some), by kind.
+/// The dead letters the current transaction wrote at its top level (the model's SQL writes
+/// some; those of subtransactions, the values staging refused, are counted as they are
+/// written), by kind.
 pub async fn dead_letters_of_this_transaction<C: GenericClient>(
     db: &C,
-) -> Result<Vec<(String, usize)>, Error> {
+) -> Result<Vec<(DeadLetterKind, usize)>, Error> {
     let rows = db
         .query(
-            "SELECT CASE WHEN reason LIKE '%is not a date%' THEN 'invalid_date' \
-                        ELSE 'other' END, count(*) \
-             FROM totes_cdc.dead_letters WHERE xmin = pg_current_xact_id()::xid GROUP BY 1",
+            "SELECT kind, count(*) FROM totes_cdc.dead_letters \
+             WHERE xmin = pg_current_xact_id()::xid GROUP BY 1",
             &[],
         )
         .await?;
     Ok(rows
         .iter()
-        .map(|r| (r.get(0), r.get::<_, i64>(1) as usize))
+        .map(|r| {
+            let kind: Option<&str> = r.get(0);
+            // Every writer sets the kind; one without is counted as a refused value.
+            let kind = kind
+                .and_then(DeadLetterKind::parse)
+                .unwrap_or(DeadLetterKind::RefusedValue);
+            (kind, r.get::<_, i64>(1) as usize)
+        })
         .collect())
 }
 
@@ -114,9 +131,15 @@ pub async fn record_unparsed<C: GenericClient>(
     reason: &str,
 ) -> Result<(), Error> {
     db.execute(
-        "INSERT INTO totes_cdc.dead_letters (source_table, origin, event, reason) \
-         VALUES ($1, $2, $3::text::jsonb, $4) ON CONFLICT DO NOTHING",
-        &[&"(unparsed)", &origin, &payload, &reason],
+        "INSERT INTO totes_cdc.dead_letters (source_table, origin, event, reason, kind) \
+         VALUES ($1, $2, $3::text::jsonb, $4, $5) ON CONFLICT DO NOTHING",
+        &[
+            &"(unparsed)",
+            &origin,
+            &payload,
+            &reason,
+            &DeadLetterKind::UnparseableRecord.as_str(),
+        ],
     )
     .await
     .map(|_| ())

@@ -5,7 +5,7 @@ use crate::event::{TableSchema, ValueKind};
 use crate::pg::{ident, quote_ident};
 
 /// Bumped when the warehouse layout changes incompatibly.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 pub const TOTES_CDC_SQL: &str = include_str!("../../../sql/warehouse/00_totes_cdc.sql");
 pub const STAR_SQL: &str = include_str!("../../../sql/warehouse/01_star.sql");
@@ -121,6 +121,10 @@ pub fn warehouse_type(c: &crate::event::Column) -> String {
         "text".into()
     }
 }
+
+/// The columns a staging mirror adds to the source's: the event position, the tombstone flag
+/// and the apply time.
+pub const BOOKKEEPING_COLUMNS: [&str; 4] = ["_lsn", "_seq", "_deleted", "_applied_at"];
 
 /// Statements creating (or completing) the staging mirror of `t`: the source columns with the
 /// same types (nullable, so a delete can leave a tombstone), then the event position, the

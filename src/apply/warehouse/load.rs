@@ -9,7 +9,8 @@ use futures_util::SinkExt;
 use tokio_postgres::Transaction;
 
 use super::dead_letters::dead_letter;
-use super::{ApplyError, Mirror};
+use super::session::Mirror;
+use super::ApplyError;
 use crate::event::copy_text;
 use crate::event::{ChangeEvent, Datum, Op};
 use crate::pg::{quote_ident, PgUrl};
@@ -172,8 +173,7 @@ pub(super) async fn load_batch_table(
 }
 
 pub(super) fn is_data_error(e: &tokio_postgres::Error) -> bool {
-    e.code()
-        .is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("23"))
+    crate::error_policy::for_pg(e) == crate::error_policy::Action::DeadLetter
 }
 
 pub(super) async fn copy_in(

@@ -3,7 +3,8 @@
 
 use tokio_postgres::Transaction;
 
-use super::{ApplyError, Mirror};
+use super::session::Mirror;
+use super::ApplyError;
 use crate::event::{ChangeEvent, Datum, Op};
 use crate::pg::{quote_ident, quote_literal, PgUrl};
 

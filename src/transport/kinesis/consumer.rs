@@ -1,24 +1,23 @@
 //! The Kinesis consumer: discovers the shards (ListShards), takes its share of them through
-//! leases, reads each with GetShardIterator/GetRecords, and applies every GetRecords answer as
-//! one micro-batch — lake and warehouse, with the shard's sequence number checkpointed in the
-//! same transaction. A restart resumes AFTER_SEQUENCE_NUMBER the checkpoint (a shard without one
-//! starts at TRIM_HORIZON); a child shard is read only once its parents are finished.
+//! leases, and reads each with a `ShardReader`. As a `BatchSource` it hands every GetRecords
+//! answer to the apply driver as one micro-batch, lake and warehouse, with the shard's sequence
+//! number checkpointed in the same transaction. A shard is read from its checkpoint (one
+//! without starts at TRIM_HORIZON); a child shard is read only once its parents are finished.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_kinesis::types::ShardIteratorType;
-use serde_json::json;
 use tokio::sync::watch;
 
 use super::leases::Leases;
+use super::records::{record_event, RecordError};
+use super::shard_reader::{Page, ShardReader};
 use super::{classify, KinesisError};
-use crate::apply::batch::{Batch, Reject, ShardPosition};
+use crate::apply::batch::{Batch, ShardPosition};
 use crate::apply::warehouse::{ApplyError, Warehouse};
-use crate::event::{decode, ChangeEvent};
+use crate::apply::{ApplyStats, BatchSource};
+use crate::metrics::server::Health;
 use crate::pg::PgUrl;
 use crate::retry::Backoff;
 
@@ -32,18 +31,6 @@ pub struct ConsumerConfig {
     pub poll: Duration,
 }
 
-/// Counters shared with metrics.
-#[derive(Debug, Default)]
-pub struct ConsumerStats {
-    pub records: AtomicU64,
-    pub batches: AtomicU64,
-    pub dead_letters: AtomicU64,
-    pub lease_changes: AtomicU64,
-    pub shards_owned: AtomicI64,
-    /// MillisBehindLatest per shard.
-    pub behind_ms: Mutex<BTreeMap<String, i64>>,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ConsumeError {
     #[error(transparent)]
@@ -54,16 +41,30 @@ pub enum ConsumeError {
     Pg(#[from] crate::pg::PgError),
 }
 
+impl crate::fix::Fix for ConsumeError {
+    fn fix(&self) -> Option<String> {
+        match self {
+            ConsumeError::Kinesis(e) => e.fix(),
+            ConsumeError::Apply(e) => e.fix(),
+            ConsumeError::Pg(e) => e.fix(),
+        }
+    }
+}
+
+impl From<RecordError> for ConsumeError {
+    fn from(e: RecordError) -> Self {
+        match e {
+            RecordError::Apply(e) => ConsumeError::Apply(e),
+            RecordError::Store(e) => ConsumeError::Kinesis(e.into()),
+        }
+    }
+}
+
 pub struct ShardInfo {
     pub id: String,
     pub parents: Vec<String>,
     /// Set once the shard is closed (split or merged).
     pub closed: bool,
-}
-
-#[derive(Default)]
-struct ShardState {
-    iterator: Option<String>,
 }
 
 pub async fn list_shards(
@@ -120,142 +121,227 @@ pub async fn run(
     client: aws_sdk_kinesis::Client,
     cfg: ConsumerConfig,
     mut wh: Warehouse,
-    mut leases: Leases,
-    stats: Arc<ConsumerStats>,
-    mut shutdown: watch::Receiver<bool>,
-    health: Arc<crate::metrics::server::Health>,
+    leases: Leases,
+    shutdown: watch::Receiver<bool>,
+    health: Arc<Health>,
 ) -> Result<(), ConsumeError> {
-    let m = crate::metrics::get();
-    let control_url = wh.url().clone();
-    let mut control = control_url.connect().await?;
-    wh.prepare().await?;
-    let mut states: BTreeMap<String, ShardState> = BTreeMap::new();
-    let mut last_balance: Option<Instant> = None;
-    let mut backoff = Backoff::new();
-    let mut closed: HashSet<String> = HashSet::new();
-    loop {
-        if *shutdown.borrow() {
-            return Ok(());
-        }
-        if !leases.alive() && !states.is_empty() {
-            states.clear();
-        }
-        if last_balance.is_none_or(|t| t.elapsed() > Duration::from_secs(2)) {
-            last_balance = Some(Instant::now());
-            if control.is_closed() {
-                control = control_url.connect().await?;
+    let stats = ApplyStats::default();
+    let mut source = Shards {
+        control_url: wh.url().clone(),
+        control: None,
+        client,
+        cfg,
+        leases,
+        readers: BTreeMap::new(),
+        turn: VecDeque::new(),
+        found: false,
+        last_balance: None,
+        backoff: Backoff::new(),
+        shutdown,
+        health: health.clone(),
+        in_flight: None,
+    };
+    crate::apply::drive(&mut source, &mut wh, &stats, &health).await
+}
+
+/// The shards this replica holds, read in turn.
+struct Shards {
+    client: aws_sdk_kinesis::Client,
+    cfg: ConsumerConfig,
+    leases: Leases,
+    control_url: PgUrl,
+    /// For the shard checkpoints (outside the batch transactions).
+    control: Option<tokio_postgres::Client>,
+    readers: BTreeMap<String, ShardReader>,
+    /// Shards still to read in this pass.
+    turn: VecDeque<String>,
+    /// Whether this pass found records.
+    found: bool,
+    last_balance: Option<Instant>,
+    backoff: Backoff,
+    shutdown: watch::Receiver<bool>,
+    health: Arc<Health>,
+    /// The page of the batch being applied, with its shard.
+    in_flight: Option<(String, Page)>,
+}
+
+impl BatchSource for Shards {
+    type Error = ConsumeError;
+
+    async fn next_batch(&mut self, wh: &mut Warehouse) -> Result<Option<Batch>, ConsumeError> {
+        loop {
+            if *self.shutdown.borrow() {
+                return Ok(None);
             }
-            let live = match leases.heartbeat().await {
-                Ok(n) => {
-                    health.set("warehouse", true, control_url.target());
-                    n
-                }
-                Err(e) => {
-                    health.set("warehouse", false, e.to_string());
-                    return Err(e.into());
-                }
-            };
-            let shards = match list_shards(&client, &cfg).await {
-                Ok(s) => {
-                    health.set("kinesis", true, format!("stream {}", cfg.stream));
-                    s
-                }
-                Err(e) => {
-                    health.set("kinesis", false, e.to_string());
-                    return Err(e.into());
-                }
-            };
-            let cps = checkpoints(&control, &control_url, &cfg.stream).await?;
-            let eligible = eligible_shards(&shards, &cps);
-            let fair = eligible.len().div_ceil(live as usize);
-            // Give back what ended or is more than the fair share.
-            let held: Vec<String> = leases.held().iter().cloned().collect();
-            for id in &held {
-                let still = eligible.iter().any(|s| &s.id == id);
-                if !still || leases.held().len() > fair {
-                    leases.release(id).await?;
-                    states.remove(id);
-                    stats.lease_changes.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(shard = %id, "shard lease released");
-                }
+            if !self.leases.alive() && !self.readers.is_empty() {
+                self.readers.clear();
             }
-            for s in &eligible {
-                if leases.held().len() >= fair {
-                    break;
+            if self
+                .last_balance
+                .is_none_or(|t| t.elapsed() > Duration::from_secs(2))
+            {
+                self.last_balance = Some(Instant::now());
+                self.balance(wh).await?;
+            }
+            let Some(shard) = self.turn.pop_front() else {
+                // A pass over every shard is over: wait for more unless it found some.
+                if !std::mem::take(&mut self.found) {
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.cfg.poll) => {}
+                        _ = self.shutdown.changed() => {}
+                    }
                 }
-                if leases.held().contains(&s.id) {
+                self.turn = self.readers.keys().cloned().collect();
+                if self.turn.is_empty() {
+                    // Nothing held: wait for the next balance.
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.cfg.poll.max(Duration::from_millis(100))) => {}
+                        _ = self.shutdown.changed() => {}
+                    }
+                }
+                continue;
+            };
+            let Some(reader) = self.readers.get_mut(&shard) else {
+                continue;
+            };
+            let page = match reader.read(&self.client, self.cfg.max_records).await {
+                Ok(page) => {
+                    self.backoff = Backoff::new();
+                    page
+                }
+                Err(e) if e.is_transient() => {
+                    let delay = self.backoff.next_delay();
+                    tracing::warn!(%shard, "reading the shard failed, retrying in {:.1}s: {e}", delay.as_secs_f64());
+                    tokio::time::sleep(delay).await;
                     continue;
                 }
-                if leases.try_acquire(&s.id).await? {
-                    stats.lease_changes.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(shard = %s.id, "shard lease taken");
-                    wh.recover_shard_lake(&s.id).await?;
-                    states.insert(s.id.clone(), ShardState::default());
-                }
+                Err(e) => return Err(e.into()),
+            };
+            crate::metrics::get()
+                .kinesis_millis_behind_latest
+                .with_label_values(&[&shard])
+                .set(page.behind_ms);
+            if page.records.is_empty() && !page.ended {
+                reader.advance(&page);
+                continue;
             }
-            stats
-                .shards_owned
-                .store(leases.held().len() as i64, Ordering::Relaxed);
-            m.shards_owned.set(leases.held().len() as i64);
-            m.lease_changes_total.inc_by(
-                stats
-                    .lease_changes
-                    .load(Ordering::Relaxed)
-                    .saturating_sub(m.lease_changes_total.get()),
-            );
-            health.set(
-                "leases",
-                !leases.held().is_empty() || eligible.is_empty() || fair == 0,
-                format!(
-                    "{} of {} shards held ({} consumers)",
-                    leases.held().len(),
-                    eligible.len(),
-                    live
-                ),
-            );
-            // Closed shards are known here; remember them for end detection.
-            closed.extend(shards.iter().filter(|s| s.closed).map(|s| s.id.clone()));
-        }
-
-        let mut any = false;
-        let owned: Vec<String> = states.keys().cloned().collect();
-        for shard in owned {
-            if *shutdown.borrow() {
-                return Ok(());
-            }
-            match read_once(
-                &client,
-                &cfg,
-                &mut wh,
-                &control,
-                &shard,
-                &closed,
-                &mut states,
-                &stats,
-            )
-            .await
-            {
-                Ok(got) => {
-                    any |= got;
-                    backoff = Backoff::new();
-                }
-                Err(e) if transient(&e) => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(%shard, "reading the shard failed, retrying in {:.1}s: {e}", delay.as_secs_f64());
-                    if let Some(s) = states.get_mut(&shard) {
-                        s.iterator = None;
+            self.found |= !page.records.is_empty();
+            let mut batch = Batch::default();
+            for r in &page.records {
+                match record_event(wh, &self.cfg.stream, &shard, r).await? {
+                    Ok(ev) => {
+                        batch.newest_commit_ts_us = Some(
+                            batch
+                                .newest_commit_ts_us
+                                .map_or(ev.commit_ts_us, |t| t.max(ev.commit_ts_us)),
+                        );
+                        batch.events.push(ev);
                     }
-                    tokio::time::sleep(delay).await;
+                    Err(reject) => batch.rejects.push(reject),
                 }
-                Err(e) => return Err(e),
+            }
+            batch.shard = Some(ShardPosition {
+                stream: self.cfg.stream.clone(),
+                shard: shard.clone(),
+                sequence_number: page.last_sequence_number(),
+                ended: page.ended,
+            });
+            self.in_flight = Some((shard, page));
+            return Ok(Some(batch));
+        }
+    }
+
+    async fn committed(&mut self, _batch: &Batch) -> Result<(), ConsumeError> {
+        let Some((shard, page)) = self.in_flight.take() else {
+            return Ok(());
+        };
+        if page.ended {
+            tracing::info!(%shard, "shard read to its end");
+            self.readers.remove(&shard);
+        } else if let Some(reader) = self.readers.get_mut(&shard) {
+            reader.advance(&page);
+        }
+        Ok(())
+    }
+}
+
+impl Shards {
+    /// Announces this replica, and takes or gives back leases so each replica holds its fair
+    /// share of the shards that may be read now.
+    async fn balance(&mut self, wh: &mut Warehouse) -> Result<(), ConsumeError> {
+        let m = crate::metrics::get();
+        if self.control.as_ref().is_none_or(|c| c.is_closed()) {
+            self.control = Some(self.control_url.connect().await?);
+        }
+        let live = match self.leases.heartbeat().await {
+            Ok(n) => {
+                self.health
+                    .set("warehouse", true, self.control_url.target());
+                n
+            }
+            Err(e) => {
+                self.health.set("warehouse", false, e.to_string());
+                return Err(e.into());
+            }
+        };
+        let shards = match list_shards(&self.client, &self.cfg).await {
+            Ok(s) => {
+                self.health
+                    .set("kinesis", true, format!("stream {}", self.cfg.stream));
+                s
+            }
+            Err(e) => {
+                self.health.set("kinesis", false, e.to_string());
+                return Err(e.into());
+            }
+        };
+        let Some(control) = self.control.as_ref() else {
+            return Ok(());
+        };
+        let cps = checkpoints(control, &self.control_url, &self.cfg.stream).await?;
+        let eligible = eligible_shards(&shards, &cps);
+        let fair = eligible.len().div_ceil(live as usize);
+        // Give back what ended or is more than the fair share.
+        let held: Vec<String> = self.leases.held().iter().cloned().collect();
+        for id in &held {
+            let still = eligible.iter().any(|s| &s.id == id);
+            if !still || self.leases.held().len() > fair {
+                self.leases.release(id).await?;
+                self.readers.remove(id);
+                m.lease_changes_total.inc();
+                tracing::info!(shard = %id, "shard lease released");
             }
         }
-        if !any {
-            tokio::select! {
-                _ = tokio::time::sleep(cfg.poll) => {}
-                _ = shutdown.changed() => {}
+        for s in &eligible {
+            if self.leases.held().len() >= fair {
+                break;
+            }
+            if self.leases.held().contains(&s.id) {
+                continue;
+            }
+            if self.leases.try_acquire(&s.id).await? {
+                m.lease_changes_total.inc();
+                tracing::info!(shard = %s.id, "shard lease taken");
+                wh.recover_shard_lake(&s.id).await?;
+                let after = cps.get(&s.id).and_then(|c| c.0.clone());
+                self.readers.insert(
+                    s.id.clone(),
+                    ShardReader::new(&self.cfg.stream, &self.cfg.region, &s.id, after),
+                );
             }
         }
+        m.shards_owned.set(self.leases.held().len() as i64);
+        self.health.set(
+            "leases",
+            !self.leases.held().is_empty() || eligible.is_empty() || fair == 0,
+            format!(
+                "{} of {} shards held ({} consumers)",
+                self.leases.held().len(),
+                eligible.len(),
+                live
+            ),
+        );
+        Ok(())
     }
 }
 
@@ -276,179 +362,6 @@ fn eligible_shards<'a>(
                 .all(|p| ended(p) || !known.contains(&p.as_str()))
         })
         .collect()
-}
-
-fn transient(e: &ConsumeError) -> bool {
-    match e {
-        ConsumeError::Kinesis(k) => k.is_transient(),
-        ConsumeError::Apply(a) => a.is_transient(),
-        ConsumeError::Pg(p) => p.is_transient(),
-    }
-}
-
-/// One GetRecords on one shard, applied as one batch; `true` when it had records.
-#[allow(clippy::too_many_arguments)]
-async fn read_once(
-    client: &aws_sdk_kinesis::Client,
-    cfg: &ConsumerConfig,
-    wh: &mut Warehouse,
-    control: &tokio_postgres::Client,
-    shard: &str,
-    closed: &HashSet<String>,
-    states: &mut BTreeMap<String, ShardState>,
-    stats: &ConsumerStats,
-) -> Result<bool, ConsumeError> {
-    let Some(state) = states.get_mut(shard) else {
-        return Ok(false);
-    };
-    if state.iterator.is_none() {
-        let cp = checkpoints(control, wh.url(), &cfg.stream).await?;
-        let mut req = client
-            .get_shard_iterator()
-            .stream_name(&cfg.stream)
-            .shard_id(shard);
-        req = match cp.get(shard).and_then(|c| c.0.clone()) {
-            Some(seq) => req
-                .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
-                .starting_sequence_number(seq),
-            None => req.shard_iterator_type(ShardIteratorType::TrimHorizon),
-        };
-        let out = req
-            .send()
-            .await
-            .map_err(|e| classify(e, &cfg.stream, &cfg.region))?;
-        state.iterator = out.shard_iterator().map(str::to_string);
-    }
-    let Some(iterator) = state.iterator.clone() else {
-        return Ok(false);
-    };
-    let out = match client
-        .get_records()
-        .shard_iterator(&iterator)
-        .limit(cfg.max_records.clamp(1, 10_000))
-        .send()
-        .await
-    {
-        Ok(out) => out,
-        Err(SdkError::ServiceError(se)) if se.err().code() == Some("ExpiredIteratorException") => {
-            state.iterator = None;
-            return Ok(false);
-        }
-        Err(e) => return Err(classify(e, &cfg.stream, &cfg.region).into()),
-    };
-    let behind = out.millis_behind_latest().unwrap_or(0);
-    if let Ok(mut b) = stats.behind_ms.lock() {
-        b.insert(shard.to_string(), behind);
-    }
-    crate::metrics::get()
-        .kinesis_millis_behind_latest
-        .with_label_values(&[shard])
-        .set(behind);
-    let records = out.records();
-    // The contract of GetRecords: no next iterator once a closed shard is read to its end.
-    let ended = out.next_shard_iterator().is_none();
-    let _ = closed;
-    let next = out.next_shard_iterator().map(str::to_string);
-    if records.is_empty() && !ended {
-        state.iterator = next;
-        return Ok(false);
-    }
-    let mut batch = Batch::default();
-    for r in records {
-        match record_event(wh, &cfg.stream, shard, r).await? {
-            Ok(ev) => {
-                batch.newest_commit_ts_us = Some(
-                    batch
-                        .newest_commit_ts_us
-                        .map_or(ev.commit_ts_us, |t| t.max(ev.commit_ts_us)),
-                );
-                batch.events.push(ev);
-            }
-            Err(reject) => batch.rejects.push(reject),
-        }
-    }
-    batch.shard = Some(ShardPosition {
-        stream: cfg.stream.clone(),
-        shard: shard.to_string(),
-        sequence_number: records.last().map(|r| r.sequence_number().to_string()),
-        ended,
-    });
-    let started = Instant::now();
-    let applied = wh.apply(&batch).await?;
-    crate::apply::record(&applied, started.elapsed().as_secs_f64(), &batch);
-    stats
-        .records
-        .fetch_add(records.len() as u64, Ordering::Relaxed);
-    stats.batches.fetch_add(1, Ordering::Relaxed);
-    stats
-        .dead_letters
-        .fetch_add(applied.dead_letters as u64, Ordering::Relaxed);
-    if ended {
-        tracing::info!(%shard, "shard read to its end");
-        states.remove(shard);
-    } else if let Some(s) = states.get_mut(shard) {
-        s.iterator = next;
-    }
-    Ok(!records.is_empty())
-}
-
-/// The change event of one record (an oversized record's full envelope is read from where its
-/// pointer says), or the dead letter it becomes when it does not parse or fit the warehouse.
-pub async fn record_event(
-    wh: &mut Warehouse,
-    stream: &str,
-    shard: &str,
-    r: &aws_sdk_kinesis::types::Record,
-) -> Result<Result<ChangeEvent, Reject>, ConsumeError> {
-    let seq = r.sequence_number().to_string();
-    let data = r.data().as_ref();
-    let reject = |reason: String| Reject {
-        origin: format!("kinesis:{stream}/{shard}/{seq}"),
-        reason,
-        payload: json!({
-            "shard": shard,
-            "sequence_number": seq,
-            "partition_key": r.partition_key(),
-            "data": String::from_utf8_lossy(data),
-        }),
-    };
-    let env = match decode::parse(data) {
-        Ok(env) => env,
-        Err(e) => {
-            tracing::warn!(%shard, sequence_number = %seq, "a record that is not an envelope goes to the dead letters: {e}");
-            return Ok(Err(reject(format!(
-                "the record is not a totes-cdc envelope: {e}"
-            ))));
-        }
-    };
-    let env = match &env.oversized {
-        Some(location) => {
-            let full = crate::lake::store::fetch(location)
-                .await
-                .map_err(|e| ConsumeError::Kinesis(e.into()))?;
-            match decode::parse(&full) {
-                Ok(full) => full,
-                Err(e) => {
-                    return Ok(Err(reject(format!(
-                        "the oversized record at {location} does not parse: {e}"
-                    ))))
-                }
-            }
-        }
-        None => env,
-    };
-    let Some(table) = wh.table_schema(&env.schema, &env.table).await? else {
-        return Ok(Err(reject(format!(
-            "the warehouse has no staging table for {}.{}: run `totes-cdc setup` with the source and warehouse URLs",
-            env.schema, env.table
-        ))));
-    };
-    Ok(decode::to_event(&env, table).map_err(|e| {
-        reject(format!(
-            "the envelope does not fit {}.{}: {e}",
-            env.schema, env.table
-        ))
-    }))
 }
 
 #[cfg(test)]

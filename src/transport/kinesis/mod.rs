@@ -4,6 +4,8 @@
 pub mod consumer;
 pub mod leases;
 pub mod producer;
+pub mod records;
+pub mod shard_reader;
 
 use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 use thiserror::Error;
@@ -19,11 +21,11 @@ pub const MAX_PARTITION_KEY: usize = 256;
 
 #[derive(Debug, Error)]
 pub enum KinesisError {
-    #[error("Kinesis stream \"{stream}\" does not exist in region {region}. Create it (terraform/ creates one), or fix `kinesis-stream` and the AWS region (AWS_REGION)")]
+    #[error("Kinesis stream \"{stream}\" does not exist in region {region}")]
     NoStream { stream: String, region: String },
-    #[error("access to Kinesis stream \"{stream}\" was denied ({code}): grant the role kinesis:DescribeStreamSummary, kinesis:PutRecords (stream) or kinesis:ListShards, kinesis:GetShardIterator, kinesis:GetRecords (consume), or fix the AWS credentials")]
+    #[error("access to Kinesis stream \"{stream}\" was denied ({code})")]
     Denied { stream: String, code: String },
-    #[error("cannot reach the Kinesis endpoint for stream \"{stream}\" ({message}). Check AWS_ENDPOINT_URL, AWS_REGION and the network")]
+    #[error("cannot reach the Kinesis endpoint for stream \"{stream}\" ({message})")]
     Unreachable { stream: String, message: String },
     #[error("Kinesis request failed: {0}")]
     Transient(String),
@@ -31,6 +33,18 @@ pub enum KinesisError {
     Other(String),
     #[error(transparent)]
     Store(#[from] crate::lake::StoreError),
+}
+
+impl crate::fix::Fix for KinesisError {
+    fn fix(&self) -> Option<String> {
+        Some(match self {
+            KinesisError::NoStream { .. } => "create it (terraform/ creates one), or fix `kinesis-stream` and the AWS region (AWS_REGION)".into(),
+            KinesisError::Denied { .. } => "grant the role kinesis:DescribeStreamSummary, kinesis:PutRecords (stream) or kinesis:ListShards, kinesis:GetShardIterator, kinesis:GetRecords (consume), or fix the AWS credentials".into(),
+            KinesisError::Unreachable { .. } => "check AWS_ENDPOINT_URL, AWS_REGION and the network".into(),
+            KinesisError::Store(e) => return e.fix(),
+            KinesisError::Transient(_) | KinesisError::Other(_) => return None,
+        })
+    }
 }
 
 impl KinesisError {

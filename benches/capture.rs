@@ -1,7 +1,8 @@
 //! Capture throughput against the physical limit: the same WAL (1M inserts + 500k updates of
-//! sales_order) drained once by `pg_recvlogical` (pgoutput, to /dev/null) and once by
-//! `totes-cdc stream --sink null`, on the same machine in the same run. Prints events/s for
-//! each, the ratio and the streamer's peak RSS; `--write` records them in BENCHMARKS.md.
+//! sales_order) drained by `pg_recvlogical` (pgoutput, to /dev/null) and by `totes-cdc stream
+//! --sink null`, over a plain connection and over TLS (`sslmode=require`), on the same machine
+//! in the same run. Prints events/s for each, the ratios and the streamer's peak RSS and CPU;
+//! `--write` records them in BENCHMARKS.md.
 //!
 //! Run with `make bench` (or `cargo bench --bench capture`).
 
@@ -13,7 +14,7 @@ mod pg;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pg::PgCluster;
+use pg::{PgCluster, TestCerts};
 
 const INSERTS: i64 = 1_000_000;
 const UPDATES: i64 = 500_000;
@@ -32,7 +33,11 @@ fn cpu_secs(pid: u32) -> Option<f64> {
 #[tokio::main]
 async fn main() {
     let events = (INSERTS + UPDATES) as f64;
-    let pg = PgCluster::start_with(&[("max_wal_size", "'4GB'"), ("checkpoint_timeout", "'30min'")]);
+    let certs = TestCerts::make();
+    let pg = PgCluster::start_with_ssl(
+        &[("max_wal_size", "'4GB'"), ("checkpoint_timeout", "'30min'")],
+        &certs,
+    );
     let db = pg.create_db("bench").await;
     db.batch_execute(
         &std::fs::read_to_string(concat!(
@@ -54,8 +59,8 @@ async fn main() {
     )
     .await
     .expect("setup");
-    // Both slots start at the same point, before the WAL is written.
-    for slot in ["bench_recvlogical", "bench_totes"] {
+    // Every slot starts at the same point, before the WAL is written.
+    for slot in SLOTS {
         db.execute(
             "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
             &[&slot],
@@ -93,21 +98,83 @@ async fn main() {
         t.elapsed().as_secs_f64()
     );
 
-    // The physical limit: pg_recvlogical decoding the same WAL with pgoutput to /dev/null.
+    let mut report = String::new();
+    for (i, (name, mode)) in [("plain", "disable"), ("TLS", "require")]
+        .iter()
+        .enumerate()
+    {
+        let url = format!(
+            "postgres://postgres@localhost:{}/bench?sslmode={mode}",
+            pg.port
+        );
+        let recv_secs = drain_recvlogical(&url, SLOTS[2 * i], &end);
+        let (totes_secs, peak, cpu) = drain_totes(&url, SLOTS[2 * i + 1], &end);
+        let recv_rate = events / recv_secs;
+        let totes_rate = events / totes_secs;
+        let ratio = totes_rate / recv_rate;
+        let peak_mib = peak as f64 / 1024.0;
+        report.push_str(&format!(
+            "| {name}: pg_recvlogical (pgoutput → /dev/null) | {recv_rate:>9.0} events/s | {recv_secs:.2} s |\n\
+             | {name}: totes-cdc stream --sink null          | {totes_rate:>9.0} events/s | {totes_secs:.2} s |\n\
+             | {name}: ratio                                 | {ratio:.2} | |\n\
+             | {name}: totes-cdc peak RSS                    | {peak_mib:.1} MiB | |\n\
+             | {name}: totes-cdc CPU (user + system)         | {cpu:.2} s ({:.2} µs/event) | |\n",
+            cpu * 1e6 / events
+        ));
+    }
+    println!(
+        "capture: {} events (1M inserts + 500k updates of sales_order)\n{report}",
+        events as u64
+    );
+    if std::env::args().any(|a| a == "--write") {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|c| {
+                c.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+            })
+            .unwrap_or_default();
+        common::write_section(
+            "capture",
+            &format!(
+                "## Capture: totes-cdc against pg_recvlogical\n\n\
+                 Same WAL for all (1,000,000 inserts + 500,000 updates of `sales_order`, \
+                 transactions of 1,000 rows), drained in the same run on the same machine ({cpu}, \
+                 {} cores), over a plain connection (`sslmode=disable`) and over TLS \
+                 (`sslmode=require`, TLS 1.3, both clients). Command: `make bench` \
+                 (`cargo bench --bench capture -- --write`).\n\n\
+                 | | throughput | wall time |\n|---|---|---|\n{report}",
+                common::cores()
+            ),
+        );
+    }
+}
+
+/// Slots: pg_recvlogical and totes-cdc, plain then TLS.
+const SLOTS: [&str; 4] = [
+    "bench_recvlogical",
+    "bench_totes",
+    "bench_recvlogical_tls",
+    "bench_totes_tls",
+];
+
+/// The physical limit: pg_recvlogical decoding the WAL with pgoutput to /dev/null; seconds.
+fn drain_recvlogical(url: &str, slot: &str, end: &str) -> f64 {
     let t = Instant::now();
     let status = Command::new(pg::pg_bin().join("pg_recvlogical"))
         .args([
             "-d",
-            &pg.url("bench"),
+            url,
             "--slot",
-            "bench_recvlogical",
+            slot,
             "--start",
             "-o",
             "proto_version=1",
             "-o",
             "publication_names=totes_cdc",
             "--endpos",
-            &end,
+            end,
             "--no-loop",
             "-f",
             "/dev/null",
@@ -115,9 +182,12 @@ async fn main() {
         .status()
         .expect("pg_recvlogical");
     assert!(status.success(), "pg_recvlogical failed");
-    let recv_secs = t.elapsed().as_secs_f64();
+    t.elapsed().as_secs_f64()
+}
 
-    let state = std::env::temp_dir().join(format!("totes-cdc-bench-{}", std::process::id()));
+/// totes-cdc draining the same WAL; (seconds, peak RSS in KiB, CPU seconds).
+fn drain_totes(url: &str, slot: &str, end: &str) -> (f64, u64, f64) {
+    let state = std::env::temp_dir().join(format!("totes-cdc-bench-{}-{slot}", std::process::id()));
     let t = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_totes-cdc"))
         .env("TOTES_CDC_METRICS_ADDR", "127.0.0.1:0")
@@ -126,15 +196,15 @@ async fn main() {
             "--sink",
             "null",
             "--source-url",
-            &pg.url("bench"),
+            url,
             "--slot",
-            "bench_totes",
+            slot,
             "--snapshot",
             "never",
             "--heartbeat-interval",
             "0",
             "--until-lsn",
-            &end,
+            end,
             "--state-dir",
             &state.to_string_lossy(),
             "--log",
@@ -159,44 +229,7 @@ async fn main() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "totes-cdc failed");
-    let totes_secs = t.elapsed().as_secs_f64();
+    let secs = t.elapsed().as_secs_f64();
     let _ = std::fs::remove_dir_all(&state);
-
-    let recv_rate = events / recv_secs;
-    let totes_rate = events / totes_secs;
-    let ratio = totes_rate / recv_rate;
-    let peak_mib = peak as f64 / 1024.0;
-    let report = format!(
-        "| pg_recvlogical (pgoutput → /dev/null) | {recv_rate:>9.0} events/s | {recv_secs:.2} s |\n\
-         | totes-cdc stream --sink null          | {totes_rate:>9.0} events/s | {totes_secs:.2} s |\n\
-         | ratio                                 | {ratio:.2} | |\n\
-         | totes-cdc peak RSS                    | {peak_mib:.1} MiB | |\n\
-         | totes-cdc CPU (user + system)         | {cpu:.2} s ({:.2} µs/event) | |\n",
-        cpu * 1e6 / events
-    );
-    println!(
-        "capture: {} events (1M inserts + 500k updates of sales_order)\n{report}",
-        events as u64
-    );
-    if std::env::args().any(|a| a == "--write") {
-        let cpu = std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|c| {
-                c.lines()
-                    .find(|l| l.starts_with("model name"))
-                    .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-            })
-            .unwrap_or_default();
-        common::write_section(
-            "capture",
-            &format!(
-                "## Capture: totes-cdc against pg_recvlogical\n\n\
-                 Same WAL for both (1,000,000 inserts + 500,000 updates of `sales_order`, \
-                 transactions of 1,000 rows), drained in the same run on the same machine ({cpu}, \
-                 {} cores). Command: `make bench` (`cargo bench --bench capture -- --write`).\n\n\
-                 | | throughput | wall time |\n|---|---|---|\n{report}",
-                common::cores()
-            ),
-        );
-    }
+    (secs, peak, cpu)
 }

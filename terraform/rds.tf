@@ -11,6 +11,14 @@ resource "aws_db_parameter_group" "source" {
     value        = "1"
     apply_method = "pending-reboot"
   }
+  # Only encrypted connections (the default from PostgreSQL 15 on RDS, kept explicit): connect
+  # with sslmode=verify-full and sslrootcert = the region's CA bundle (README, Connecting
+  # securely).
+  parameter {
+    name         = "rds.force_ssl"
+    value        = "1"
+    apply_method = "immediate"
+  }
   parameter {
     name         = "max_replication_slots"
     value        = tostring(var.max_replication_slots)

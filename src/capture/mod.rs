@@ -113,8 +113,9 @@ pub async fn run(
 
     let mut catalog = Catalog::new(url.clone(), control);
     let state_file = StateFile::new(&cfg.state_dir, &cfg.slot);
+    url.check_auth(true).await?;
     let repl = url
-        .replication_config(&cfg.slot, &cfg.publication)
+        .replication_config(&cfg.slot, &cfg.publication)?
         .with_status_interval(cfg.status_interval)
         .with_wakeup_interval(cfg.status_interval)
         .with_buffer_size(cfg.buffer_events);
@@ -441,6 +442,13 @@ fn replication_error(e: PgWireError, cfg: &CaptureConfig) -> CaptureError {
         PgWireError::Auth(m) => (
             format!("authentication failed for user \"{}\": {m}", url.user()),
             format!("check the user and password in {}", url.what()),
+        ),
+        PgWireError::Tls(m) => (
+            format!("TLS to {} failed: {m}", url.target()),
+            format!(
+                "check sslmode, sslrootcert, sslcert and sslkey in {} against the server's TLS settings (the CA in sslrootcert must have signed the server's certificate, and under verify-full the certificate must name the host)",
+                url.what()
+            ),
         ),
         PgWireError::Io(io) => (
             format!("cannot reach {}: {io}", url.target()),

@@ -78,7 +78,7 @@ pub async fn export_snapshot(
         hint: "the redo needs one free replication slot and WAL sender for a moment (max_replication_slots, max_wal_senders); the next start tries again".into(),
     }
     };
-    let mut session = ReplicationClient::connect_gated(url.replication_config(&temp, publication))
+    let mut session = ReplicationClient::connect_gated(url.replication_config(&temp, publication)?)
         .await
         .map_err(|e| stream_err("opening a replication session", e))?;
     let rows = session

@@ -290,10 +290,13 @@ async fn init(client: &Client, url: &PgUrl, rng: &mut Rng, orders: u32) -> Resul
 }
 
 pub async fn run(args: GenerateArgs, mut shutdown: watch::Receiver<bool>) -> Result<()> {
-    let Some(raw) = &args.source_url else {
-        anyhow::bail!("generate needs source-url (flag --source-url, env TOTES_CDC_SOURCE_URL, or `source-url` in the config file)");
-    };
-    let url = PgUrl::parse(raw, "source-url")?;
+    let url = super::required_url(
+        &args.source_url,
+        &args.source_url_file,
+        &args.source_password_file,
+        "source-url",
+        "generate",
+    )?;
     let client = url.connect().await?;
     let mut rng = Rng::new(args.seed);
     if args.init {

@@ -113,3 +113,63 @@ pub fn report(e: &anyhow::Error) -> String {
         None => format!("error: {e:#}"),
     }
 }
+
+/// A URL option: given inline or in a file (a mounted secret), with the password from a file of
+/// its own if one is given; `None` when neither is set. `what` is the option's name.
+pub fn url_option(
+    inline: &Option<String>,
+    file: &Option<std::path::PathBuf>,
+    password_file: &Option<std::path::PathBuf>,
+    what: &'static str,
+) -> anyhow::Result<Option<crate::pg::PgUrl>> {
+    let read = |path: &std::path::Path, which: &str| {
+        std::fs::read_to_string(path)
+            .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "{what}: cannot read the {which} file {}: {e}",
+                    path.display()
+                )
+            })
+    };
+    let raw = match (inline, file) {
+        (Some(url), _) => url.clone(),
+        (None, Some(path)) => read(path, "URL")?,
+        (None, None) => return Ok(None),
+    };
+    let url = crate::pg::PgUrl::parse(&raw, what)?;
+    Ok(Some(match password_file {
+        Some(path) => url.with_password(&read(path, "password")?),
+        None => url,
+    }))
+}
+
+/// A URL option the command cannot do without.
+pub fn required_url(
+    inline: &Option<String>,
+    file: &Option<std::path::PathBuf>,
+    password_file: &Option<std::path::PathBuf>,
+    what: &'static str,
+    command: &str,
+) -> anyhow::Result<crate::pg::PgUrl> {
+    url_option(inline, file, password_file, what)?.ok_or_else(|| {
+        let env = format!("TOTES_CDC_{}", what.to_uppercase().replace('-', "_"));
+        anyhow::anyhow!(
+            "{command} needs {what} (flag --{what} or --{what}-file, env {env} or {env}_FILE, or `{what}` in the config file)"
+        )
+    })
+}
+
+/// The source URL of `SourceArgs`.
+pub fn source_url(
+    args: &crate::config::SourceArgs,
+    command: &str,
+) -> anyhow::Result<crate::pg::PgUrl> {
+    required_url(
+        &args.source_url,
+        &args.source_url_file,
+        &args.source_password_file,
+        "source-url",
+        command,
+    )
+}

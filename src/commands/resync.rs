@@ -9,13 +9,9 @@ use anyhow::Result;
 use crate::capture::slot::{slot_info, validate_slot_name};
 use crate::capture::state::StateFile;
 use crate::config::ResyncArgs;
-use crate::pg::PgUrl;
 
 pub async fn run(args: ResyncArgs) -> Result<()> {
-    let Some(raw) = &args.source.source_url else {
-        anyhow::bail!("resync needs source-url (flag --source-url, env TOTES_CDC_SOURCE_URL, or `source-url` in the config file)");
-    };
-    let url = PgUrl::parse(raw, "source-url")?;
+    let url = super::source_url(&args.source, "resync")?;
     let slot = &args.source.slot;
     validate_slot_name(slot)?;
     let client = url.connect().await?;

@@ -20,10 +20,13 @@ use crate::pg::PgUrl;
 pub const CHECKPOINT: &str = "apply";
 
 pub fn warehouse_url(args: &WarehouseArgs) -> Result<PgUrl> {
-    let Some(raw) = &args.warehouse_url else {
-        anyhow::bail!("warehouse-url is required (flag --warehouse-url, env TOTES_CDC_WAREHOUSE_URL, or `warehouse-url` in the config file)");
-    };
-    Ok(PgUrl::parse(raw, "warehouse-url")?)
+    super::required_url(
+        &args.warehouse_url,
+        &args.warehouse_url_file,
+        &args.warehouse_password_file,
+        "warehouse-url",
+        "this command",
+    )
 }
 
 /// Creates or completes the warehouse for the tables capture will deliver.

@@ -6,13 +6,10 @@ use anyhow::Result;
 use crate::capture::catalog::TableName;
 use crate::capture::{preflight, CaptureError};
 use crate::config::SetupArgs;
-use crate::pg::{ident, PgUrl};
+use crate::pg::ident;
 
 pub async fn run(args: SetupArgs) -> Result<()> {
-    let Some(raw) = &args.source.source_url else {
-        anyhow::bail!("setup needs source-url (flag --source-url, env TOTES_CDC_SOURCE_URL, or `source-url` in the config file)");
-    };
-    let url = PgUrl::parse(raw, "source-url")?;
+    let url = super::source_url(&args.source, "setup")?;
     let client = url.connect().await?;
     println!("source {}", url.masked());
     preflight::check_wal_level(&client, &url).await?;
@@ -104,7 +101,7 @@ pub async fn run(args: SetupArgs) -> Result<()> {
         ),
     }
     println!("source ready");
-    if args.warehouse.warehouse_url.is_some() {
+    if args.warehouse.warehouse_url.is_some() || args.warehouse.warehouse_url_file.is_some() {
         let wh = super::run::prepare_warehouse(
             &url,
             &args.source.publication,

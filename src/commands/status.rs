@@ -6,13 +6,9 @@ use serde_json::json;
 
 use crate::capture::slot;
 use crate::config::StatusArgs;
-use crate::pg::PgUrl;
 
 pub async fn run(args: StatusArgs) -> Result<()> {
-    let Some(raw) = &args.source.source_url else {
-        anyhow::bail!("status needs source-url (flag --source-url, env TOTES_CDC_SOURCE_URL, or `source-url` in the config file)");
-    };
-    let source = PgUrl::parse(raw, "source-url")?;
+    let source = super::source_url(&args.source, "status")?;
     let src = source.connect().await?;
     let slot_name = &args.source.slot;
     let current: String = src
@@ -39,8 +35,14 @@ pub async fn run(args: StatusArgs) -> Result<()> {
     let mut applied_lsn: Option<String> = None;
     let mut applied_age: Option<f64> = None;
     let mut dead_letters: Option<i64> = None;
-    if let Some(raw) = &args.warehouse_url {
-        let wh_url = PgUrl::parse(raw, "warehouse-url")?;
+    let wh_url = super::url_option(
+        &args.warehouse_url,
+        &args.warehouse_url_file,
+        &args.warehouse_password_file,
+        "warehouse-url",
+    )?;
+    let has_warehouse = wh_url.is_some();
+    if let Some(wh_url) = wh_url {
         let wh = wh_url.connect().await?;
         use crate::apply::warehouse::bookkeeping;
         if let Ok(Some((lsn, age))) = bookkeeping::checkpoint_age(&wh, super::run::CHECKPOINT).await
@@ -104,7 +106,7 @@ pub async fn run(args: StatusArgs) -> Result<()> {
             );
         }
     }
-    if args.warehouse_url.is_some() {
+    if has_warehouse {
         println!(
             "warehouse   applied up to {}, dead letters {}",
             applied_lsn.unwrap_or_else(|| "nothing yet".into()),

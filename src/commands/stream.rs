@@ -8,16 +8,12 @@ use tokio::sync::watch;
 use crate::capture::stream::CaptureStats;
 use crate::capture::{self, CaptureConfig};
 use crate::config::{CaptureArgs, SinkKind, SourceArgs, StreamArgs};
-use crate::pg::PgUrl;
 use crate::{channel, transport};
 
 /// The capture settings shared by every role that captures.
 pub fn capture_config(source: &SourceArgs, capture: &CaptureArgs) -> Result<CaptureConfig> {
-    let Some(raw) = &source.source_url else {
-        anyhow::bail!("source-url is required (flag --source-url, env TOTES_CDC_SOURCE_URL, or `source-url` in the config file)");
-    };
     Ok(CaptureConfig {
-        source: PgUrl::parse(raw, "source-url")?,
+        source: super::source_url(source, "capture")?,
         slot: source.slot.clone(),
         publication: source.publication.clone(),
         tables: source.tables(),

@@ -15,7 +15,7 @@ use crate::apply::warehouse::Model;
 use crate::capture;
 use crate::config::VerifyArgs;
 use crate::event::TableSchema;
-use crate::pg::{quote_ident, PgUrl};
+use crate::pg::quote_ident;
 
 /// One table's differences.
 struct Report {
@@ -226,10 +226,7 @@ async fn compare_star(
 }
 
 pub async fn run(args: VerifyArgs) -> Result<()> {
-    let Some(raw) = &args.source.source_url else {
-        anyhow::bail!("verify needs source-url (flag --source-url, env TOTES_CDC_SOURCE_URL, or `source-url` in the config file)");
-    };
-    let source = PgUrl::parse(raw, "source-url")?;
+    let source = super::source_url(&args.source, "verify")?;
     let wh_url = super::run::warehouse_url(&args.warehouse)?;
     let tables = capture::describe_tables(
         &source,

@@ -73,8 +73,26 @@ pub struct ConsumeArgs {
 #[derive(Debug, Clone, Args)]
 pub struct GenerateArgs {
     /// PostgreSQL URL of the source database to write to.
-    #[arg(long, env = "TOTES_CDC_SOURCE_URL", value_name = "URL")]
+    #[arg(
+        long,
+        env = "TOTES_CDC_SOURCE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     pub source_url: Option<String>,
+
+    /// A file holding the source URL (a mounted secret), instead of source-url.
+    #[arg(
+        long,
+        env = "TOTES_CDC_SOURCE_URL_FILE",
+        value_name = "FILE",
+        conflicts_with = "source_url"
+    )]
+    pub source_url_file: Option<PathBuf>,
+
+    /// A file holding only the password of the source URL (a mounted secret).
+    #[arg(long, env = "TOTES_CDC_SOURCE_PASSWORD_FILE", value_name = "FILE")]
+    pub source_password_file: Option<PathBuf>,
 
     /// Create the totesys schema and seed it when the database does not have it yet.
     #[arg(long)]
@@ -99,8 +117,26 @@ pub struct StatusArgs {
     pub source: SourceArgs,
 
     /// PostgreSQL URL of the warehouse database (optional here).
-    #[arg(long, env = "TOTES_CDC_WAREHOUSE_URL", value_name = "URL")]
+    #[arg(
+        long,
+        env = "TOTES_CDC_WAREHOUSE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     pub warehouse_url: Option<String>,
+
+    /// A file holding the warehouse URL (a mounted secret), instead of warehouse-url.
+    #[arg(
+        long,
+        env = "TOTES_CDC_WAREHOUSE_URL_FILE",
+        value_name = "FILE",
+        conflicts_with = "warehouse_url"
+    )]
+    pub warehouse_url_file: Option<PathBuf>,
+
+    /// A file holding only the password of the warehouse URL (a mounted secret).
+    #[arg(long, env = "TOTES_CDC_WAREHOUSE_PASSWORD_FILE", value_name = "FILE")]
+    pub warehouse_password_file: Option<PathBuf>,
 
     /// One JSON object instead of text.
     #[arg(long)]
@@ -124,8 +160,26 @@ pub struct VerifyArgs {
 #[derive(Debug, Clone, Args)]
 pub struct SourceArgs {
     /// PostgreSQL URL of the source database (postgres://user:password@host:port/db).
-    #[arg(long, env = "TOTES_CDC_SOURCE_URL", value_name = "URL")]
+    #[arg(
+        long,
+        env = "TOTES_CDC_SOURCE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     pub source_url: Option<String>,
+
+    /// A file holding the source URL (a mounted secret), instead of source-url.
+    #[arg(
+        long,
+        env = "TOTES_CDC_SOURCE_URL_FILE",
+        value_name = "FILE",
+        conflicts_with = "source_url"
+    )]
+    pub source_url_file: Option<PathBuf>,
+
+    /// A file holding only the password of the source URL (a mounted secret).
+    #[arg(long, env = "TOTES_CDC_SOURCE_PASSWORD_FILE", value_name = "FILE")]
+    pub source_password_file: Option<PathBuf>,
 
     /// Logical replication slot name.
     #[arg(long, env = "TOTES_CDC_SLOT", default_value = "totes_cdc")]
@@ -210,8 +264,26 @@ pub struct CaptureArgs {
 #[derive(Debug, Clone, Args)]
 pub struct WarehouseArgs {
     /// PostgreSQL URL of the warehouse database.
-    #[arg(long, env = "TOTES_CDC_WAREHOUSE_URL", value_name = "URL")]
+    #[arg(
+        long,
+        env = "TOTES_CDC_WAREHOUSE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     pub warehouse_url: Option<String>,
+
+    /// A file holding the warehouse URL (a mounted secret), instead of warehouse-url.
+    #[arg(
+        long,
+        env = "TOTES_CDC_WAREHOUSE_URL_FILE",
+        value_name = "FILE",
+        conflicts_with = "warehouse_url"
+    )]
+    pub warehouse_url_file: Option<PathBuf>,
+
+    /// A file holding only the password of the warehouse URL (a mounted secret).
+    #[arg(long, env = "TOTES_CDC_WAREHOUSE_PASSWORD_FILE", value_name = "FILE")]
+    pub warehouse_password_file: Option<PathBuf>,
 
     /// Schema of the star tables in the warehouse.
     #[arg(long, env = "TOTES_CDC_WAREHOUSE_SCHEMA", default_value = "public")]

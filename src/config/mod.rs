@@ -99,9 +99,17 @@ fn scalar(v: &toml::Value) -> Result<String, ()> {
 fn read_file(path: &PathBuf) -> Result<BTreeMap<String, String>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e| format!("config file {} is not valid TOML: {e}", path.display()))?;
+    // The message without the quoted line: the line may hold a URL with its password.
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let line = e.span().map_or(0, |s| {
+            text[..s.start.min(text.len())].lines().count().max(1)
+        });
+        format!(
+            "config file {} is not valid TOML at line {line}: {}",
+            path.display(),
+            e.message()
+        )
+    })?;
     let mut out = BTreeMap::new();
     for (k, v) in table {
         let s = match &v {

@@ -120,8 +120,11 @@ fn args(c: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Every TOTES_CDC_* variable the container sets is one the binary reads; the URLs come from
-/// the Secret, never inline.
+/// Where the chart mounts the URL Secret.
+const URLS: &str = "/var/run/secrets/totes-cdc/urls/";
+
+/// Every TOTES_CDC_* variable the container sets is one the binary reads; the URLs are files of
+/// the mounted Secret, never values.
 fn check_env(c: &Value) {
     let known = totes_cdc::config::env_names();
     for e in c["env"].as_array().unwrap() {
@@ -132,13 +135,23 @@ fn check_env(c: &Value) {
                 "{name} is not an option of the binary"
             );
         }
-        if name.ends_with("_URL") && name != "AWS_ENDPOINT_URL" {
+        assert!(
+            !(name.ends_with("_URL") && name != "AWS_ENDPOINT_URL"),
+            "{name}: URLs are mounted files, not variables"
+        );
+        if name.ends_with("_URL_FILE") {
             assert!(
-                e["valueFrom"]["secretKeyRef"].is_object(),
-                "{name} must come from the Secret"
+                e["value"].as_str().unwrap().starts_with(URLS),
+                "{name} must name a file of the mounted Secret"
             );
         }
     }
+    assert!(
+        c["volumeMounts"].as_array().unwrap().iter().any(
+            |m| m["name"] == "urls" && format!("{}/", m["mountPath"].as_str().unwrap()) == URLS
+        ),
+        "the URL Secret is not mounted"
+    );
 }
 
 /// The probes ask the endpoints the binary serves, on the port it listens on.
@@ -247,6 +260,27 @@ fn the_chart_renders_valid_manifests_for_both_modes() {
         "{alerts:?}"
     );
 
+    // A CA bundle from a ConfigMap is mounted where sslrootcert can name it.
+    let docs = render("tls: {caBundle: {configMap: rds-ca}}\n").unwrap();
+    for (kind, name) in [
+        ("StatefulSet", "totes-cdc-capture"),
+        ("Job", "totes-cdc-setup"),
+    ] {
+        let w = find(&docs, kind, name);
+        let volumes = w["spec"]["template"]["spec"]["volumes"].as_array().unwrap();
+        assert!(
+            volumes
+                .iter()
+                .any(|v| v["name"] == "ca" && v["configMap"]["name"] == "rds-ca"),
+            "{kind}/{name}: {volumes:?}"
+        );
+        assert!(container(w)["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == "ca" && m["mountPath"] == "/etc/totes-cdc/ca"));
+    }
+
     // A wrong mode stops the render with the choices.
     let err = render("mode: sideways\n").unwrap_err();
     assert!(err.contains("mode must be embedded or streaming"), "{err}");
@@ -264,7 +298,14 @@ fn pod_env(
     let mut env: Vec<(String, String)> = Vec::new();
     for e in c["env"].as_array().unwrap() {
         let name = e["name"].as_str().unwrap().to_string();
-        let value = if let Some(v) = e["value"].as_str() {
+        let value = if let Some(key) = e["value"].as_str().and_then(|v| v.strip_prefix(URLS)) {
+            // The mounted Secret: its key as a file of this pod's own.
+            let dir = format!("{state}-urls");
+            std::fs::create_dir_all(&dir).unwrap();
+            let file = format!("{dir}/{key}");
+            std::fs::write(&file, &secret[key]).unwrap();
+            file
+        } else if let Some(v) = e["value"].as_str() {
             v.to_string()
         } else if let Some(key) = e["valueFrom"]["secretKeyRef"]["key"].as_str() {
             secret[key].clone()

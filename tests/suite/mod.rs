@@ -18,3 +18,4 @@ mod metrics;
 mod replay;
 mod setup_checks;
 mod terraform;
+mod tls;

@@ -310,6 +310,7 @@ fn the_source_parameters_and_names_fit_the_binary_and_the_chart() {
         "wal_level = logical on RDS"
     );
     assert!(params.contains_key("max_slot_wal_keep_size"));
+    assert_eq!(params["rds.force_ssl"], "1", "only encrypted connections");
     assert!(params.contains_key("max_replication_slots"));
 
     // The service accounts the roles trust are the chart's default names for release totes-cdc.

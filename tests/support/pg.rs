@@ -62,6 +62,62 @@ impl PgCluster {
 
     /// A new cluster with extra `postgresql.conf` settings.
     pub fn start_with(extra: &[(&str, &str)]) -> Self {
+        // Password-checked roles for authentication tests (SCRAM, MD5 and clear text); everyone
+        // else is trusted.
+        let hba = "host all secure 127.0.0.1/32 scram-sha-256\n\
+                   host all md5user 127.0.0.1/32 md5\n\
+                   host all clearuser 127.0.0.1/32 password\n\
+                   host all all 127.0.0.1/32 trust\n\
+                   host replication secure 127.0.0.1/32 scram-sha-256\n\
+                   host replication all 127.0.0.1/32 trust\n\
+                   local all all trust\n\
+                   local replication all trust\n";
+        Self::start_configured(extra, hba, None)
+    }
+
+    /// A cluster that offers TLS with `certs`' server certificate beside plain connections
+    /// (the default test authentication), for measuring both on one WAL.
+    #[allow(
+        dead_code,
+        reason = "the capture benchmark's cluster; no test needs one"
+    )]
+    pub fn start_with_ssl(extra: &[(&str, &str)], certs: &TestCerts) -> Self {
+        let mut conf = vec![
+            ("ssl", "on"),
+            ("ssl_cert_file", "'server.crt'"),
+            ("ssl_key_file", "'server.key'"),
+        ];
+        conf.extend_from_slice(extra);
+        let hba = "host all all 127.0.0.1/32 trust\n\
+                   host replication all 127.0.0.1/32 trust\n\
+                   local all all trust\n\
+                   local replication all trust\n";
+        Self::start_configured(&conf, hba, Some(certs))
+    }
+
+    /// A cluster that takes TCP connections only over TLS with a SCRAM password (as a managed
+    /// database that forces SSL), with `certs`' server certificate; the harness itself connects
+    /// through the Unix socket.
+    pub fn start_tls_only(certs: &TestCerts) -> Self {
+        let hba = "hostssl all all 127.0.0.1/32 scram-sha-256\n\
+                   hostssl replication all 127.0.0.1/32 scram-sha-256\n\
+                   hostnossl all all 127.0.0.1/32 reject\n\
+                   hostnossl replication all 127.0.0.1/32 reject\n\
+                   local all all trust\n\
+                   local replication all trust\n";
+        Self::start_configured(
+            &[
+                ("ssl", "on"),
+                ("ssl_cert_file", "'server.crt'"),
+                ("ssl_key_file", "'server.key'"),
+                ("password_encryption", "'scram-sha-256'"),
+            ],
+            hba,
+            Some(certs),
+        )
+    }
+
+    fn start_configured(extra: &[(&str, &str)], hba: &str, certs: Option<&TestCerts>) -> Self {
         let bin = pg_bin();
         let as_postgres = is_root();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -118,14 +174,16 @@ impl PgCluster {
             conf.push_str(&format!("{k} = {v}\n"));
         }
         std::fs::write(c.data.join("postgresql.auto.conf"), conf).expect("write conf");
-        // A password-checked role for authentication tests; everyone else is trusted.
-        let hba = "host all secure 127.0.0.1/32 scram-sha-256\n\
-                   host all all 127.0.0.1/32 trust\n\
-                   host replication secure 127.0.0.1/32 scram-sha-256\n\
-                   host replication all 127.0.0.1/32 trust\n\
-                   local all all trust\n\
-                   local replication all trust\n";
         std::fs::write(c.data.join("pg_hba.conf"), hba).expect("write hba");
+        if let Some(certs) = certs {
+            for (from, to) in [
+                (&certs.server_cert, "server.crt"),
+                (&certs.server_key, "server.key"),
+            ] {
+                std::fs::copy(from, c.data.join(to)).expect("copy the server certificate");
+            }
+            set_mode(&c.data.join("server.key"), 0o600);
+        }
         if as_postgres {
             c.chown();
         }
@@ -230,8 +288,14 @@ impl PgCluster {
         format!("postgres://{user}:{password}@127.0.0.1:{}/{db}", self.port)
     }
 
+    /// The superuser's connection, through the Unix socket (which every cluster trusts).
     pub async fn connect(&self, db: &str) -> Client {
-        let (client, conn) = tokio_postgres::connect(&self.url(db), NoTls)
+        let socket = format!(
+            "host={} port={} user=postgres dbname={db}",
+            self.root.display(),
+            self.port
+        );
+        let (client, conn) = tokio_postgres::connect(&socket, NoTls)
             .await
             .unwrap_or_else(|e| panic!("connect to {db}: {e}"));
         tokio::spawn(async move {
@@ -265,5 +329,97 @@ impl Drop for PgCluster {
             ],
         );
         let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// A CA, a server certificate it signed for `localhost` (DNS name only), and another CA that
+/// signed nothing here, made with the `openssl` CLI.
+pub struct TestCerts {
+    pub ca: PathBuf,
+    pub other_ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+}
+
+impl TestCerts {
+    pub fn make() -> Self {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("totes-cdc-certs-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create the certificate dir");
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .output()
+                .expect("openssl (the CLI) is needed to make test certificates");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        for (name, cn) in [("ca", "totes-cdc test CA"), ("other_ca", "some other CA")] {
+            let (key, pem, subj) = (
+                format!("{name}.key"),
+                format!("{name}.pem"),
+                format!("/CN={cn}"),
+            );
+            let mut args = vec!["req", "-x509"];
+            args.extend(ec);
+            args.extend(["-keyout", &key, "-out", &pem, "-days", "3", "-subj", &subj]);
+            openssl(&args);
+        }
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName = DNS:localhost\nbasicConstraints = CA:FALSE\n\
+             keyUsage = digitalSignature, keyEncipherment\nextendedKeyUsage = serverAuth\n",
+        )
+        .expect("write server.ext");
+        let mut args = vec!["req"];
+        args.extend(ec);
+        args.extend([
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ]);
+        openssl(&args);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "3",
+            "-extfile",
+            "server.ext",
+        ]);
+        Self {
+            ca: dir.join("ca.pem"),
+            other_ca: dir.join("other_ca.pem"),
+            server_cert: dir.join("server.crt"),
+            server_key: dir.join("server.key"),
+        }
     }
 }

@@ -44,19 +44,13 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 {{- end -}}
 
-{{/* The options every role reads: each config key as its TOTES_CDC_* variable, the URLs from
-     the Secret, the metrics address and the AWS region. */}}
+{{/* The options every role reads: each config key as its TOTES_CDC_* variable, the URLs as
+     files of the mounted Secret, the metrics address and the AWS region. */}}
 {{- define "totes-cdc.env" -}}
-- name: TOTES_CDC_SOURCE_URL
-  valueFrom:
-    secretKeyRef:
-      name: {{ .Values.urls.secretName }}
-      key: {{ .Values.urls.sourceUrlKey }}
-- name: TOTES_CDC_WAREHOUSE_URL
-  valueFrom:
-    secretKeyRef:
-      name: {{ .Values.urls.secretName }}
-      key: {{ .Values.urls.warehouseUrlKey }}
+- name: TOTES_CDC_SOURCE_URL_FILE
+  value: {{ printf "/var/run/secrets/totes-cdc/urls/%s" .Values.urls.sourceUrlKey | quote }}
+- name: TOTES_CDC_WAREHOUSE_URL_FILE
+  value: {{ printf "/var/run/secrets/totes-cdc/urls/%s" .Values.urls.warehouseUrlKey | quote }}
 - name: TOTES_CDC_METRICS_ADDR
   value: {{ printf "0.0.0.0:%v" .Values.metrics.port | quote }}
 - name: AWS_REGION
@@ -76,4 +70,34 @@ readinessProbe:
   httpGet: {path: /readyz, port: metrics}
   periodSeconds: 10
   failureThreshold: 3
+{{- end -}}
+
+{{/* The URL Secret (files readable by the owner only) and the CA bundle, if any. */}}
+{{- define "totes-cdc.secretVolumes" -}}
+- name: urls
+  secret:
+    secretName: {{ .Values.urls.secretName }}
+    defaultMode: 0400
+{{- with .Values.tls.caBundle }}
+{{- if .configMap }}
+- name: ca
+  configMap:
+    name: {{ .configMap }}
+{{- else if .secret }}
+- name: ca
+  secret:
+    secretName: {{ .secret }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "totes-cdc.secretMounts" -}}
+- name: urls
+  mountPath: /var/run/secrets/totes-cdc/urls
+  readOnly: true
+{{- if or .Values.tls.caBundle.configMap .Values.tls.caBundle.secret }}
+- name: ca
+  mountPath: /etc/totes-cdc/ca
+  readOnly: true
+{{- end }}
 {{- end -}}

@@ -51,6 +51,18 @@ impl crate::fix::Fix for ConsumeError {
     }
 }
 
+impl ConsumeError {
+    /// Whether waiting may mend it (the stream, the endpoint or the warehouse is unavailable
+    /// for a moment).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ConsumeError::Kinesis(e) => e.is_transient(),
+            ConsumeError::Apply(e) => e.is_transient(),
+            ConsumeError::Pg(e) => e.is_transient(),
+        }
+    }
+}
+
 impl From<RecordError> for ConsumeError {
     fn from(e: RecordError) -> Self {
         match e {
@@ -181,7 +193,22 @@ impl BatchSource for Shards {
                 .is_none_or(|t| t.elapsed() > Duration::from_secs(2))
             {
                 self.last_balance = Some(Instant::now());
-                self.balance(wh).await?;
+                match self.balance(wh).await {
+                    Ok(()) => {}
+                    // Kinesis or the warehouse unavailable for a moment: wait it out (health
+                    // says why); the shards held keep their readers.
+                    Err(e) if e.is_transient() => {
+                        let delay = self.backoff.next_delay();
+                        tracing::warn!(
+                            "sharing the shards failed, retrying in {:.1}s: {e}",
+                            delay.as_secs_f64()
+                        );
+                        tokio::time::sleep(delay).await;
+                        self.last_balance = None;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             let Some(shard) = self.turn.pop_front() else {
                 // A pass over every shard is over: wait for more unless it found some.

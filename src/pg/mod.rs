@@ -1,12 +1,24 @@
-//! PostgreSQL connections: URL parsing with the password masked, the session settings every
-//! connection uses, and connection errors that name their cause and fix.
+//! PostgreSQL connections: URL parsing with the password masked, libpq's TLS options on every
+//! connection (`tls`, `options`), the session settings every connection uses, and connection
+//! errors that name their cause and fix.
+
+mod auth_probe;
+mod names;
+mod options;
+mod pgpass;
+pub mod tls;
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
 use tokio_postgres::config::Host;
 use tokio_postgres::{Client, Config, NoTls};
+
+pub use names::{ident, quote_ident, quote_literal, sqlstate_of};
+use tls::{SslMode, TlsOptions};
 
 /// Settings that fix the text form of values, so that a value read by the initial snapshot
 /// (COPY) and the same value decoded from the WAL (pgoutput) are spelled the same.
@@ -40,6 +52,21 @@ pub enum PgError {
         target: String,
         message: String,
     },
+    #[error("{what}: {message}")]
+    TlsSetup { what: &'static str, message: String },
+    #[error("{what} ({target}) asks for the password {method} over an unencrypted connection, where anyone on the network path can read it")]
+    InsecureAuth {
+        what: &'static str,
+        target: String,
+        method: &'static str,
+    },
+    #[error("{what} ({target}): {problem}")]
+    Tls {
+        what: &'static str,
+        target: String,
+        problem: String,
+        fix: String,
+    },
     #[error("{what} ({target}): {context}: {source}")]
     Query {
         what: &'static str,
@@ -63,9 +90,17 @@ impl crate::fix::Fix for PgError {
             PgError::NoDatabase { what, .. } => {
                 format!("create it, or fix the database name in {what}")
             }
+            PgError::Refused { message, .. } if message.contains("no encryption") => {
+                "the server takes only encrypted connections from here (pg_hba.conf hostssl): set sslmode=require, or verify-full with sslrootcert".into()
+            }
             PgError::Refused { .. } => {
                 "check pg_hba.conf and the role's LOGIN/CONNECT privileges".into()
             }
+            PgError::TlsSetup { what, .. } => {
+                format!("fix the TLS options of {what} (sslmode, sslrootcert, sslcert, sslkey)")
+            }
+            PgError::Tls { fix, .. } => fix.clone(),
+            PgError::InsecureAuth { .. } => "encrypt the connection (sslmode=require or stricter; the server needs ssl = on), or give the role a SCRAM password (password_encryption = 'scram-sha-256', then set the password again, and scram-sha-256 in pg_hba.conf); to accept the risk, allow the method in the URL: require_auth=password,md5,scram-sha-256".into(),
             PgError::Query { .. } => return None,
         })
     }
@@ -93,6 +128,13 @@ pub fn is_transient(e: &tokio_postgres::Error) -> bool {
 pub struct PgUrl {
     what: &'static str,
     config: Config,
+    tls: TlsOptions,
+    /// The rustls configuration of every connection; `None` for sslmode=disable.
+    tls_config: Option<Arc<rustls::ClientConfig>>,
+    require_auth: Option<auth_probe::RequireAuth>,
+    /// Set once a probe found the server does not ask for the password in a readable form
+    /// (SQL sessions, replication sessions: pg_hba.conf treats them apart).
+    auth_checked: Arc<[AtomicBool; 2]>,
 }
 
 impl std::fmt::Debug for PgUrl {
@@ -104,10 +146,19 @@ impl std::fmt::Debug for PgUrl {
 impl PgUrl {
     /// Parses `url`; `what` names the option it came from (`source-url`) for error messages.
     pub fn parse(url: &str, what: &'static str) -> Result<Self, PgError> {
-        let mut config = Config::from_str(url).map_err(|e| PgError::BadUrl {
-            what,
-            reason: e.to_string(),
-        })?;
+        let bad = |reason: String| PgError::BadUrl { what, reason };
+        let (rest, ours) = options::extract(url).map_err(bad)?;
+        let tls = options::tls_options(&ours).map_err(bad)?;
+        let require_auth = options::require_auth(&ours).map_err(bad)?;
+        let mut config = Config::from_str(&rest).map_err(|e| bad(e.to_string()))?;
+        config.ssl_mode(match tls.mode {
+            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            _ => tokio_postgres::config::SslMode::Require,
+        });
+        let tls_config = tls
+            .client_config()
+            .map_err(|message| PgError::TlsSetup { what, message })?;
         if config.get_hosts().is_empty() {
             config.host("localhost");
         }
@@ -122,6 +173,18 @@ impl PgUrl {
                 config.password(pw);
             }
         }
+        if config.get_password().is_none() {
+            let host = match config.get_hosts().first() {
+                Some(Host::Tcp(h)) => h.clone(),
+                _ => "localhost".into(),
+            };
+            let port = config.get_ports().first().copied().unwrap_or(5432);
+            let user = config.get_user().unwrap_or("postgres").to_string();
+            let db = config.get_dbname().unwrap_or(&user).to_string();
+            if let Some(pw) = pgpass::lookup(&host, port, &db, &user) {
+                config.password(pw);
+            }
+        }
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(10));
         }
@@ -131,7 +194,14 @@ impl PgUrl {
         };
         config.options(&options);
         config.application_name("totes-cdc");
-        Ok(Self { what, config })
+        Ok(Self {
+            what,
+            config,
+            tls,
+            tls_config,
+            require_auth,
+            auth_checked: Arc::default(),
+        })
     }
 
     pub fn what(&self) -> &'static str {
@@ -190,35 +260,125 @@ impl PgUrl {
         )
     }
 
+    /// The same URL with this password (read from a password file).
+    pub fn with_password(&self, password: &str) -> PgUrl {
+        let mut config = self.config.clone();
+        config.password(password);
+        PgUrl {
+            config,
+            ..self.clone()
+        }
+    }
+
     /// The same server, another database.
     pub fn with_database(&self, database: &str) -> PgUrl {
         let mut config = self.config.clone();
         config.dbname(database);
         PgUrl {
-            what: self.what,
             config,
+            // pg_hba.conf may treat another database otherwise.
+            auth_checked: Arc::default(),
+            ..self.clone()
         }
     }
 
     /// Opens a connection (its driver task runs in the background).
     pub async fn connect(&self) -> Result<Client, PgError> {
-        let (client, connection) = self
-            .config
-            .connect(NoTls)
-            .await
-            .map_err(|e| self.connect_error(e))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!("connection closed: {e}");
+        // The driver task of each kind of connection (plain or TLS streams differ in type).
+        fn drive<F>(connection: F)
+        where
+            F: std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
+        {
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!("connection closed: {e}");
+                }
+            });
+        }
+        self.check_auth(false).await?;
+        match &self.tls_config {
+            None => {
+                let (client, connection) = self
+                    .config
+                    .connect(NoTls)
+                    .await
+                    .map_err(|e| self.connect_error(e))?;
+                drive(connection);
+                Ok(client)
             }
-        });
-        Ok(client)
+            Some(tls) => {
+                let (client, connection) = self
+                    .config
+                    .connect(tls::MakeRustls(tls.clone()))
+                    .await
+                    .map_err(|e| self.connect_error(e))?;
+                drive(connection);
+                Ok(client)
+            }
+        }
+    }
+
+    /// Refuses to connect where the password would cross the network readable (cleartext or
+    /// MD5 over an unencrypted connection) unless `require_auth` allows it; once per URL.
+    pub async fn check_auth(&self, replication: bool) -> Result<(), PgError> {
+        let checked = &self.auth_checked[usize::from(replication)];
+        if checked.load(Ordering::Relaxed)
+            || !matches!(self.tls.mode, SslMode::Disable | SslMode::Prefer)
+            || self.config.get_password().is_none()
+        {
+            return Ok(());
+        }
+        let (host, user, database) = (self.host(), self.user(), self.database());
+        let probe = auth_probe::Probe {
+            host: &host,
+            port: self.port(),
+            user: &user,
+            database: &database,
+            replication,
+            try_tls: self.tls.mode == SslMode::Prefer,
+            tls: self.tls_config.clone(),
+            require_auth: self.require_auth.as_ref(),
+            timeout: self
+                .config
+                .get_connect_timeout()
+                .copied()
+                .unwrap_or(Duration::from_secs(10)),
+        };
+        match probe.run().await {
+            auth_probe::Verdict::Safe => {
+                checked.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+            auth_probe::Verdict::Refused(method) => Err(PgError::InsecureAuth {
+                what: self.what,
+                target: self.target(),
+                method: if method == "md5" {
+                    "as an MD5 hash"
+                } else {
+                    "in clear text"
+                },
+            }),
+        }
+    }
+
+    /// The TLS failure behind a connection error, with its remedy.
+    fn tls_error(&self, e: &tokio_postgres::Error) -> Option<PgError> {
+        let (problem, fix) = tls::explain(e, self.tls.mode)?;
+        Some(PgError::Tls {
+            what: self.what,
+            target: self.target(),
+            problem,
+            fix,
+        })
     }
 
     /// Turns a connection failure into the error that names its cause.
     pub fn connect_error(&self, e: tokio_postgres::Error) -> PgError {
         let what = self.what;
         let target = self.target();
+        if let Some(tls) = self.tls_error(&e) {
+            return tls;
+        }
         if let Some(db) = e.as_db_error() {
             return match db.code().code() {
                 "28P01" => PgError::Auth {
@@ -270,140 +430,34 @@ impl PgUrl {
         }
     }
 
-    /// Settings for a replication session on this server.
+    /// Settings for a replication session on this server, with the same TLS options. The
+    /// slot and publication are quoted: `START_REPLICATION` and `publication_names` read
+    /// identifiers, so a mixed-case name keeps its case.
     pub fn replication_config(
         &self,
         slot: &str,
         publication: &str,
-    ) -> pgwire_replication::ReplicationConfig {
-        pgwire_replication::ReplicationConfig::new(
+    ) -> Result<pgwire_replication::ReplicationConfig, PgError> {
+        let tls = self
+            .tls
+            .replication(&self.host())
+            .map_err(|message| PgError::TlsSetup {
+                what: self.what,
+                message,
+            })?;
+        Ok(pgwire_replication::ReplicationConfig::new(
             self.host(),
             self.user(),
             self.password(),
             self.database(),
             quote_ident(slot),
-            publication.to_string(),
+            quote_ident(publication),
         )
         .with_port(self.port())
+        .with_tls(tls)
         .with_options(SESSION_OPTIONS)
-        .with_application_name("totes-cdc")
+        .with_application_name("totes-cdc"))
     }
-}
-
-/// Quotes an identifier for SQL (`"transaction"`, `"PaymentTypeName"`).
-pub fn quote_ident(name: &str) -> String {
-    postgres_protocol::escape::escape_identifier(name)
-}
-
-/// Words that must be quoted to be used as names (PostgreSQL's reserved keywords, and
-/// `transaction`, which the totesys model quotes).
-const KEYWORDS: &[&str] = &[
-    "all",
-    "analyse",
-    "analyze",
-    "and",
-    "any",
-    "array",
-    "as",
-    "asc",
-    "asymmetric",
-    "both",
-    "case",
-    "cast",
-    "check",
-    "collate",
-    "column",
-    "constraint",
-    "create",
-    "current_catalog",
-    "current_date",
-    "current_role",
-    "current_time",
-    "current_timestamp",
-    "current_user",
-    "default",
-    "deferrable",
-    "desc",
-    "distinct",
-    "do",
-    "else",
-    "end",
-    "except",
-    "false",
-    "fetch",
-    "for",
-    "foreign",
-    "from",
-    "grant",
-    "group",
-    "having",
-    "in",
-    "initially",
-    "intersect",
-    "into",
-    "lateral",
-    "leading",
-    "limit",
-    "localtime",
-    "localtimestamp",
-    "not",
-    "null",
-    "offset",
-    "on",
-    "only",
-    "or",
-    "order",
-    "placing",
-    "primary",
-    "references",
-    "returning",
-    "select",
-    "session_user",
-    "some",
-    "symmetric",
-    "table",
-    "then",
-    "to",
-    "trailing",
-    "transaction",
-    "true",
-    "union",
-    "unique",
-    "user",
-    "using",
-    "variadic",
-    "when",
-    "where",
-    "window",
-    "with",
-];
-
-/// An identifier as a person would write it: bare when it can be, quoted when it must be.
-pub fn ident(name: &str) -> String {
-    let plain = name
-        .bytes()
-        .next()
-        .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        && !KEYWORDS.contains(&name);
-    if plain {
-        name.to_string()
-    } else {
-        quote_ident(name)
-    }
-}
-
-/// Quotes a string literal for SQL.
-pub fn quote_literal(value: &str) -> String {
-    postgres_protocol::escape::escape_literal(value)
-}
-
-/// The SQLSTATE inside a pgwire-replication server error (`... (SQLSTATE 55006)`).
-pub fn sqlstate_of(message: &str) -> Option<&str> {
-    let i = message.rfind("SQLSTATE ")?;
-    message.get(i + 9..i + 14)
 }
 
 #[cfg(test)]

@@ -142,7 +142,7 @@ async fn main() {
                  Same WAL for all (1,000,000 inserts + 500,000 updates of `sales_order`, \
                  transactions of 1,000 rows), drained in the same run on the same machine ({cpu}, \
                  {} cores), over a plain connection (`sslmode=disable`) and over TLS \
-                 (`sslmode=require`, TLS 1.3, both clients). Command: `make bench` \
+                 (`sslmode=require`). Command: `make bench` \
                  (`cargo bench --bench capture -- --write`).\n\n\
                  | | throughput | wall time |\n|---|---|---|\n{report}",
                 common::cores()

@@ -11,6 +11,8 @@ pub mod error_policy;
 pub mod event;
 pub mod fault;
 pub mod fix;
+#[cfg(test)]
+mod fuzz;
 pub mod lake;
 pub mod metrics;
 pub mod pg;

@@ -121,6 +121,11 @@ impl Reader {
         Ok(s)
     }
 
+    /// Bytes not read yet: what a count read from the message may justify allocating.
+    fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
     fn u8(&mut self, what: &str) -> Result<u8, DecodeError> {
         Ok(self.take(1, what)?[0])
     }
@@ -173,7 +178,9 @@ impl Reader {
         if n < 0 {
             return Err(self.err("negative column count"));
         }
-        let mut row = Vec::with_capacity(n as usize);
+        // Every value takes at least its kind byte: a count the message cannot hold is not
+        // allocated for.
+        let mut row = Vec::with_capacity((n as usize).min(self.remaining()));
         for _ in 0..n {
             row.push(match self.u8("column kind")? {
                 b'n' => Datum::Null,
@@ -245,7 +252,7 @@ pub fn decode(buf: Bytes) -> Result<Message, DecodeError> {
             if n < 0 {
                 return Err(r.err("negative column count"));
             }
-            let mut columns = Vec::with_capacity(n as usize);
+            let mut columns = Vec::with_capacity((n as usize).min(r.remaining() / 10));
             for _ in 0..n {
                 columns.push(RelColumn {
                     flags: r.u8("column flags")?,
@@ -318,7 +325,7 @@ pub fn decode(buf: Bytes) -> Result<Message, DecodeError> {
                 return Err(r.err("negative relation count"));
             }
             let options = r.u8("options")?;
-            let mut rels = Vec::with_capacity(n as usize);
+            let mut rels = Vec::with_capacity((n as usize).min(r.remaining() / 4));
             for _ in 0..n {
                 rels.push(r.i32("relation oid")? as u32);
             }
@@ -427,5 +434,47 @@ mod tests {
             decode(Bytes::from_static(b"Z")),
             Err(DecodeError::UnknownTag('Z'))
         );
+    }
+
+    #[test]
+    fn mutated_messages_are_values_or_errors_never_panics() {
+        use crate::fuzz;
+        let mut insert = vec![b'I'];
+        insert.extend_from_slice(&7u32.to_be_bytes());
+        insert.push(b'N');
+        insert.extend(tuple(&[Some("hello"), None, Some("\u{0}toast")]));
+        let mut update = vec![b'U'];
+        update.extend_from_slice(&7u32.to_be_bytes());
+        update.push(b'K');
+        update.extend(tuple(&[Some("1"), None]));
+        update.push(b'N');
+        update.extend(tuple(&[Some("2"), Some("x")]));
+        let mut truncate = vec![b'T'];
+        truncate.extend_from_slice(&2i32.to_be_bytes());
+        truncate.push(0);
+        truncate.extend_from_slice(&7u32.to_be_bytes());
+        truncate.extend_from_slice(&8u32.to_be_bytes());
+        let mut relation = vec![b'R'];
+        relation.extend_from_slice(&16384u32.to_be_bytes());
+        relation.extend_from_slice(b"public\0staff\0d");
+        relation.extend_from_slice(&1i16.to_be_bytes());
+        relation.push(1);
+        relation.extend_from_slice(b"staff_id\0");
+        relation.extend_from_slice(&23u32.to_be_bytes());
+        relation.extend_from_slice(&(-1i32).to_be_bytes());
+        let mut begin = vec![b'B'];
+        begin.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 4]);
+        let mut message = vec![b'M', 1, 0, 0, 0, 0, 0, 0, 0, 9];
+        message.extend_from_slice(b"totes\0");
+        message.extend_from_slice(&3i32.to_be_bytes());
+        message.extend_from_slice(b"abc");
+        let samples = [insert, update, truncate, relation, begin, message];
+        for s in &samples {
+            assert!(decode(Bytes::copy_from_slice(s)).is_ok(), "{s:?}");
+        }
+        let mut rng = fuzz::Rng::new(0x5eed);
+        for _ in 0..fuzz::CASES {
+            let _ = decode(Bytes::from(fuzz::mutate(&samples, &mut rng)));
+        }
     }
 }

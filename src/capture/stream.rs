@@ -296,6 +296,21 @@ impl Streamer {
         key: Option<Vec<Datum>>,
         after: Option<Vec<Datum>>,
     ) -> Result<(), CaptureError> {
+        // Every later step indexes rows by the relation's columns: a row of another width is
+        // refused here, as the protocol error it is.
+        for row in [&before, &after].into_iter().flatten() {
+            if row.len() != table.columns.len() {
+                return Err(CaptureError::Stream {
+                    message: format!(
+                        "a change of {} carries {} values for its {} columns",
+                        table.qualified_name(),
+                        row.len(),
+                        table.columns.len()
+                    ),
+                    hint: "the stream and its relation description disagree (a protocol error); a restart resumes from the last confirmed position".into(),
+                });
+            }
+        }
         let Some(tx) = self.tx.as_mut() else {
             return Err(CaptureError::Stream {
                 message: "a change arrived outside a transaction".into(),

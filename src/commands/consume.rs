@@ -37,6 +37,7 @@ pub async fn run(args: ConsumeArgs, shutdown: watch::Receiver<bool>) -> Result<(
         region,
         max_records: args.warehouse.batch_max_events.min(10_000) as i32,
         poll: args.poll_interval,
+        oversized_max_bytes: args.kinesis.oversized_max_bytes.max(0) as u64,
     };
     let leases = Leases::new(url, &stream, &id);
     let health = crate::metrics::server::Health::new();

@@ -365,6 +365,11 @@ pub struct KinesisArgs {
     /// Name of the Kinesis data stream.
     #[arg(long, env = "TOTES_CDC_KINESIS_STREAM", default_value = "totes-cdc")]
     pub kinesis_stream: String,
+
+    /// (consume, replay) The largest oversized record read back from the lake; a record's
+    /// pointer to a larger object is a dead letter.
+    #[arg(long, env = "TOTES_CDC_OVERSIZED_MAX_BYTES", default_value = "256MiB", value_parser = parse_bytes)]
+    pub oversized_max_bytes: i64,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -178,4 +178,19 @@ mod tests {
         }
         assert_eq!(parse_row(&Bytes::from(row), 3).unwrap(), values);
     }
+
+    #[test]
+    fn mutated_rows_are_values_or_errors_never_panics() {
+        use crate::fuzz;
+        let samples: Vec<Vec<u8>> = vec![
+            b"1\t\\N\tO'Keefe\\tx\\\\y\\ny\t\t\\x41\\101".to_vec(),
+            b"\\N\t\\N\t\\N\t\\N\t\\N".to_vec(),
+            b"a\\bb\\fc\\rd\\ve\tx\ty\tz\t\\0".to_vec(),
+        ];
+        let mut rng = fuzz::Rng::new(0xc0b7);
+        for _ in 0..fuzz::CASES {
+            let row = Bytes::from(fuzz::mutate(&samples, &mut rng));
+            let _ = parse_row(&row, 5);
+        }
+    }
 }

@@ -33,6 +33,12 @@ pub enum StoreError {
     },
     #[error("`lake` {0:?} is not a directory path or s3://bucket/prefix")]
     BadLocation(String),
+    #[error("{path} does not exist")]
+    Missing { path: String },
+    #[error("{path} is over the {cap}-byte cap")]
+    TooLarge { path: String, cap: u64 },
+    #[error("{path} cannot be read: {reason}")]
+    Unreadable { path: String, reason: String },
 }
 
 impl crate::fix::Fix for StoreError {
@@ -42,7 +48,10 @@ impl crate::fix::Fix for StoreError {
             StoreError::NoBucket { .. } => "create it, or fix `lake` (s3://bucket/prefix) and the AWS region".into(),
             StoreError::Denied { .. } => "grant the role s3:PutObject, s3:GetObject and s3:DeleteObject on the lake prefix, or fix the AWS credentials".into(),
             StoreError::BadLocation(_) => "give a directory path, s3://bucket/prefix, or none".into(),
-            StoreError::Transient { .. } => return None,
+            StoreError::Transient { .. }
+            | StoreError::Missing { .. }
+            | StoreError::TooLarge { .. }
+            | StoreError::Unreadable { .. } => return None,
         })
     }
 }
@@ -308,6 +317,112 @@ impl Store {
         }
     }
 
+    /// Where `location` (as an oversized record's pointer names it: a file path or
+    /// `s3://bucket/key`) lies inside this store's `oversized/` prefix: its path relative to the
+    /// store; `None` when it lies anywhere else. A local path is resolved first (`..`, symbolic
+    /// links), so nothing outside the prefix is reachable through it.
+    pub fn oversized_path(&self, location: &str) -> Option<String> {
+        match self {
+            Store::Local(root) => {
+                let root = std::fs::canonicalize(root).ok()?;
+                let at = std::fs::canonicalize(location).ok()?;
+                at.strip_prefix(root.join("oversized"))
+                    .ok()
+                    .map(|rel| format!("oversized/{}", rel.display()))
+            }
+            Store::S3 { bucket, prefix, .. } => {
+                let (b, key) = location.strip_prefix("s3://")?.split_once('/')?;
+                let rel = if prefix.is_empty() {
+                    key
+                } else {
+                    key.strip_prefix(prefix.as_str())?.strip_prefix('/')?
+                };
+                (b == bucket
+                    && rel.starts_with("oversized/")
+                    && !rel.split('/').any(|s| s == ".." || s == "."))
+                .then(|| rel.to_string())
+            }
+        }
+    }
+
+    /// Reads `path`, refusing more than `cap` bytes (never reading more than `cap + 1`).
+    pub async fn get_capped(&self, path: &str, cap: u64) -> Result<Bytes, StoreError> {
+        match self {
+            Store::Local(root) => {
+                let full = root.join(path);
+                blocking(move || {
+                    use std::io::Read;
+                    let shown = full.display().to_string();
+                    let file = std::fs::File::open(&full).map_err(|e| {
+                        if e.kind() == std::io::ErrorKind::NotFound {
+                            StoreError::Missing {
+                                path: shown.clone(),
+                            }
+                        } else {
+                            StoreError::Unreadable {
+                                path: shown.clone(),
+                                reason: e.to_string(),
+                            }
+                        }
+                    })?;
+                    let unreadable = |reason: String| StoreError::Unreadable {
+                        path: shown.clone(),
+                        reason,
+                    };
+                    if !file
+                        .metadata()
+                        .map_err(|e| unreadable(e.to_string()))?
+                        .is_file()
+                    {
+                        return Err(unreadable("not a regular file".into()));
+                    }
+                    let mut buf = Vec::new();
+                    file.take(cap + 1)
+                        .read_to_end(&mut buf)
+                        .map_err(|e| unreadable(e.to_string()))?;
+                    if buf.len() as u64 > cap {
+                        return Err(StoreError::TooLarge { path: shown, cap });
+                    }
+                    Ok(Bytes::from(buf))
+                })
+                .await
+            }
+            Store::S3 {
+                client,
+                bucket,
+                prefix,
+            } => {
+                let key = Self::key(prefix, path);
+                let shown = format!("s3://{bucket}/{key}");
+                let out = match client.get_object().bucket(bucket).key(&key).send().await {
+                    Ok(out) => out,
+                    Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
+                        return Err(StoreError::Missing { path: shown })
+                    }
+                    Err(e) => return Err(Self::s3_error(e, bucket, &key)),
+                };
+                if out.content_length().unwrap_or(0).max(0) as u64 > cap {
+                    return Err(StoreError::TooLarge { path: shown, cap });
+                }
+                let mut body = out.body;
+                let mut buf = bytes::BytesMut::new();
+                while let Some(chunk) =
+                    body.try_next().await.map_err(|e| StoreError::Transient {
+                        bucket: bucket.clone(),
+                        key: key.clone(),
+                        message: e.to_string(),
+                    })?
+                {
+                    buf.extend_from_slice(&chunk);
+                    if buf.len() as u64 > cap {
+                        return Err(StoreError::TooLarge { path: shown, cap });
+                    }
+                }
+                Ok(buf.freeze())
+            }
+        }
+    }
+
     /// Removes `path`; a path that is not there is fine.
     pub async fn delete(&self, path: &str) -> Result<(), StoreError> {
         match self {
@@ -396,23 +511,4 @@ fn write_local(root: &Path, path: &str, data: &[u8]) -> Result<(), StoreError> {
         let _ = d.sync_all();
     }
     Ok(())
-}
-
-/// Reads a stored object by its full location (`s3://bucket/key` or a file path), as the
-/// pointer of an oversized Kinesis record names it.
-pub async fn fetch(location: &str) -> Result<Bytes, StoreError> {
-    match location.strip_prefix("s3://") {
-        Some(rest) => {
-            let (bucket, key) = rest
-                .split_once('/')
-                .ok_or_else(|| StoreError::BadLocation(location.into()))?;
-            let store = Store::S3 {
-                client: s3_client().await,
-                bucket: bucket.into(),
-                prefix: String::new(),
-            };
-            store.get(key).await
-        }
-        None => Store::Local(PathBuf::new()).get(location).await,
-    }
 }

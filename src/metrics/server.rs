@@ -77,31 +77,51 @@ fn refresh_process_metrics() {
     m.open_connections.set(super::open_connections());
 }
 
+/// Connections served at once; more are closed as they come, so idle or slow clients cannot
+/// exhaust memory or descriptors.
+const MAX_CONNECTIONS: usize = 1024;
+/// How long a client may take to send its request head, and to take the answer: an idle
+/// socket is closed after this, so it cannot hold its slot.
+const IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Serves until the process ends.
 pub async fn serve(listener: TcpListener, health: Arc<Health>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (mut sock, _) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
+                // Out of descriptors, typically: give the open ones a moment to close.
                 tracing::debug!("metrics accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            drop(sock);
+            continue;
+        };
         let health = health.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let mut buf = vec![0u8; 4096];
             let mut n = 0;
-            // Read the request head (the path is all we need).
-            while n < buf.len() {
-                match sock.read(&mut buf[n..]).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(k) => {
-                        n += k;
-                        if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                            break;
+            // Read the request head (the path is all we need), within the time allowed.
+            let head = async {
+                while n < buf.len() {
+                    match sock.read(&mut buf[n..]).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => {
+                            n += k;
+                            if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                                break;
+                            }
                         }
                     }
                 }
+            };
+            if tokio::time::timeout(IO_TIMEOUT, head).await.is_err() {
+                return;
             }
             let head = String::from_utf8_lossy(&buf[..n]);
             let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
@@ -136,9 +156,13 @@ pub async fn serve(listener: TcpListener, health: Arc<Health>) {
                 "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                 body.len()
             );
-            let _ = sock.write_all(header.as_bytes()).await;
-            let _ = sock.write_all(&body).await;
-            let _ = sock.shutdown().await;
+            // A client that does not take the answer in time is dropped: nothing depends on it.
+            let _ = tokio::time::timeout(IO_TIMEOUT, async {
+                sock.write_all(header.as_bytes()).await?;
+                sock.write_all(&body).await?;
+                sock.shutdown().await
+            })
+            .await;
         });
     }
 }

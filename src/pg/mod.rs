@@ -391,11 +391,19 @@ impl PgUrl {
                     target,
                     database: self.database(),
                 },
-                c if c.starts_with("57P") || c.starts_with("53") => PgError::Unreachable {
-                    what,
-                    target,
-                    cause: db.message().to_string(),
-                },
+                // Down, starting, out of connections, or closed to connections for a while
+                // (ALLOW_CONNECTIONS false during maintenance): waited out.
+                c if c.starts_with("57P")
+                    || c.starts_with("53")
+                    || (c == "55000"
+                        && db.message().contains("not currently accepting connections")) =>
+                {
+                    PgError::Unreachable {
+                        what,
+                        target,
+                        cause: db.message().to_string(),
+                    }
+                }
                 _ => PgError::Refused {
                     what,
                     target,

@@ -246,6 +246,13 @@ async fn readyz_is_not_ready_while_the_source_is_down() {
     let body = wait_ready(&addr, 200, WAIT);
     assert!(body.contains("replication: ok"), "{body}");
     assert!(body.contains("warehouse: ok"), "{body}");
+    // A thousand idle connections to the endpoint do not starve the probes.
+    let idle: Vec<std::net::TcpStream> = (0..1000)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    assert_eq!(get(&addr, "/healthz").0, 200);
+    assert_eq!(get(&addr, "/readyz").0, 200);
+    drop(idle);
     drop(src);
 
     src_pg.stop();

@@ -19,3 +19,4 @@ mod replay;
 mod setup_checks;
 mod terraform;
 mod tls;
+mod untrusted_records;

@@ -28,6 +28,9 @@ pub(super) struct StreamHistory {
     readers: VecDeque<ShardReader>,
     records: usize,
     range: Range,
+    oversized_max_bytes: u64,
+    /// Where oversized records' full envelopes are read from (the `lake` option).
+    lake: Option<crate::lake::Store>,
     pub pending: Pending,
 }
 
@@ -46,6 +49,7 @@ pub(super) async fn open(
         region: region.clone(),
         max_records: PAGE,
         poll: std::time::Duration::ZERO,
+        oversized_max_bytes: args.kinesis.oversized_max_bytes.max(0) as u64,
     };
     let shards = consumer::list_shards(&client, &cfg).await?;
     tracing::info!(%stream, shards = shards.len(), range = %range.describe(), "replaying the stream");
@@ -60,6 +64,11 @@ pub(super) async fn open(
         readers,
         records: 0,
         range,
+        oversized_max_bytes: cfg.oversized_max_bytes,
+        lake: match args.warehouse.lake.at() {
+            Some(lake) => Some(crate::lake::Store::open(lake).await?),
+            None => None,
+        },
         pending,
     };
     Ok((history, wh))
@@ -103,7 +112,10 @@ impl BatchSource for StreamHistory {
             let mut events = Vec::new();
             let mut rejects = Vec::new();
             for r in &page.records {
-                match record_event(wh, &self.stream, &reader.shard, r).await? {
+                let cap = self.oversized_max_bytes;
+                match record_event(wh, self.lake.as_ref(), &self.stream, &reader.shard, r, cap)
+                    .await?
+                {
                     Ok(ev) if self.range.contains(ev.position) => events.push(ev),
                     Ok(_) => {}
                     Err(reject) => rejects.push(reject),

@@ -29,6 +29,8 @@ pub struct ConsumerConfig {
     pub max_records: i32,
     /// Wait between polls when no shard had records.
     pub poll: Duration,
+    /// The largest oversized record read back from the lake.
+    pub oversized_max_bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +41,8 @@ pub enum ConsumeError {
     Apply(#[from] ApplyError),
     #[error(transparent)]
     Pg(#[from] crate::pg::PgError),
+    #[error(transparent)]
+    Record(RecordError),
 }
 
 impl crate::fix::Fix for ConsumeError {
@@ -47,6 +51,7 @@ impl crate::fix::Fix for ConsumeError {
             ConsumeError::Kinesis(e) => e.fix(),
             ConsumeError::Apply(e) => e.fix(),
             ConsumeError::Pg(e) => e.fix(),
+            ConsumeError::Record(e) => e.fix(),
         }
     }
 }
@@ -59,6 +64,9 @@ impl ConsumeError {
             ConsumeError::Kinesis(e) => e.is_transient(),
             ConsumeError::Apply(e) => e.is_transient(),
             ConsumeError::Pg(e) => e.is_transient(),
+            ConsumeError::Record(RecordError::Apply(e)) => e.is_transient(),
+            ConsumeError::Record(RecordError::Store(e)) => e.is_transient(),
+            ConsumeError::Record(RecordError::NoLake { .. }) => false,
         }
     }
 }
@@ -67,7 +75,7 @@ impl From<RecordError> for ConsumeError {
     fn from(e: RecordError) -> Self {
         match e {
             RecordError::Apply(e) => ConsumeError::Apply(e),
-            RecordError::Store(e) => ConsumeError::Kinesis(e.into()),
+            other => ConsumeError::Record(other),
         }
     }
 }
@@ -254,8 +262,10 @@ impl BatchSource for Shards {
             }
             self.found |= !page.records.is_empty();
             let mut batch = Batch::default();
+            let lake = wh.lake().cloned();
             for r in &page.records {
-                match record_event(wh, &self.cfg.stream, &shard, r).await? {
+                let cap = self.cfg.oversized_max_bytes;
+                match record_event(wh, lake.as_ref(), &self.cfg.stream, &shard, r, cap).await? {
                     Ok(ev) => {
                         batch.newest_commit_ts_us = Some(
                             batch

@@ -33,6 +33,16 @@ pub fn for_sqlstate(code: &str) -> Action {
     }
 }
 
+/// The action for a server's refusal of a new session: as for its SQLSTATE, and a database
+/// closed to connections for a while (`ALLOW_CONNECTIONS false` during maintenance, SQLSTATE
+/// 55000, which otherwise means a state only a change fixes) is waited out too.
+pub fn for_connect_refusal(code: &str, message: &str) -> Action {
+    if code == "55000" && message.contains("not currently accepting connections") {
+        return Action::Retry;
+    }
+    for_sqlstate(code)
+}
+
 /// The action for a tokio-postgres error; one without a SQLSTATE is an I/O problem or a
 /// closed connection, retried.
 pub fn for_pg(e: &tokio_postgres::Error) -> Action {
@@ -53,5 +63,16 @@ mod tests {
         assert_eq!(for_sqlstate("23502"), Action::DeadLetter);
         assert_eq!(for_sqlstate("42501"), Action::Stop);
         assert_eq!(for_sqlstate("42704"), Action::Stop);
+        assert_eq!(
+            for_connect_refusal(
+                "55000",
+                "database \"wh\" is not currently accepting connections"
+            ),
+            Action::Retry
+        );
+        assert_eq!(
+            for_connect_refusal("55000", "slot invalidated"),
+            Action::Stop
+        );
     }
 }

@@ -290,13 +290,7 @@ async fn init(client: &Client, url: &PgUrl, rng: &mut Rng, orders: u32) -> Resul
 }
 
 pub async fn run(args: GenerateArgs, mut shutdown: watch::Receiver<bool>) -> Result<()> {
-    let url = super::required_url(
-        &args.source_url,
-        &args.source_url_file,
-        &args.source_password_file,
-        "source-url",
-        "generate",
-    )?;
+    let url = super::source_url(&args.source, "generate")?;
     let client = url.connect().await?;
     let mut rng = Rng::new(args.seed);
     if args.init {

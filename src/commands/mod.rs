@@ -116,7 +116,7 @@ pub fn report(e: &anyhow::Error) -> String {
 
 /// A URL option: given inline or in a file (a mounted secret), with the password from a file of
 /// its own if one is given; `None` when neither is set. `what` is the option's name.
-pub fn url_option(
+fn url_option(
     inline: &Option<String>,
     file: &Option<std::path::PathBuf>,
     password_file: &Option<std::path::PathBuf>,
@@ -144,32 +144,36 @@ pub fn url_option(
     }))
 }
 
-/// A URL option the command cannot do without.
-pub fn required_url(
-    inline: &Option<String>,
-    file: &Option<std::path::PathBuf>,
-    password_file: &Option<std::path::PathBuf>,
-    what: &'static str,
-    command: &str,
-) -> anyhow::Result<crate::pg::PgUrl> {
-    url_option(inline, file, password_file, what)?.ok_or_else(|| {
-        let env = format!("TOTES_CDC_{}", what.to_uppercase().replace('-', "_"));
-        anyhow::anyhow!(
-            "{command} needs {what} (flag --{what} or --{what}-file, env {env} or {env}_FILE, or `{what}` in the config file)"
-        )
-    })
+/// The error of a URL option the command cannot do without.
+fn missing_url(what: &str, command: &str) -> anyhow::Error {
+    let env = format!("TOTES_CDC_{}", what.to_uppercase().replace('-', "_"));
+    anyhow::anyhow!(
+        "{command} needs {what} (flag --{what} or --{what}-file, env {env} or {env}_FILE, or `{what}` in the config file)"
+    )
 }
 
-/// The source URL of `SourceArgs`.
+/// The source URL, which `command` needs.
 pub fn source_url(
-    args: &crate::config::SourceArgs,
+    args: &crate::config::SourceUrlArgs,
     command: &str,
 ) -> anyhow::Result<crate::pg::PgUrl> {
-    required_url(
+    url_option(
         &args.source_url,
         &args.source_url_file,
         &args.source_password_file,
         "source-url",
-        command,
+    )?
+    .ok_or_else(|| missing_url("source-url", command))
+}
+
+/// The warehouse URL, if given.
+pub fn warehouse_url_option(
+    args: &crate::config::WarehouseUrlArgs,
+) -> anyhow::Result<Option<crate::pg::PgUrl>> {
+    url_option(
+        &args.warehouse_url,
+        &args.warehouse_url_file,
+        &args.warehouse_password_file,
+        "warehouse-url",
     )
 }

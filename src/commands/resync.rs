@@ -11,7 +11,7 @@ use crate::capture::state::StateFile;
 use crate::config::ResyncArgs;
 
 pub async fn run(args: ResyncArgs) -> Result<()> {
-    let url = super::source_url(&args.source, "resync")?;
+    let url = super::source_url(&args.source.url, "resync")?;
     let slot = &args.source.slot;
     validate_slot_name(slot)?;
     let client = url.connect().await?;

@@ -20,13 +20,8 @@ use crate::pg::PgUrl;
 pub const CHECKPOINT: &str = "apply";
 
 pub fn warehouse_url(args: &WarehouseArgs) -> Result<PgUrl> {
-    super::required_url(
-        &args.warehouse_url,
-        &args.warehouse_url_file,
-        &args.warehouse_password_file,
-        "warehouse-url",
-        "this command",
-    )
+    super::warehouse_url_option(&args.url)?
+        .ok_or_else(|| super::missing_url("warehouse-url", "this command"))
 }
 
 /// Creates or completes the warehouse for the tables capture will deliver.

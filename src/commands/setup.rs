@@ -9,7 +9,7 @@ use crate::config::SetupArgs;
 use crate::pg::ident;
 
 pub async fn run(args: SetupArgs) -> Result<()> {
-    let url = super::source_url(&args.source, "setup")?;
+    let url = super::source_url(&args.source.url, "setup")?;
     let client = url.connect().await?;
     println!("source {}", url.masked());
     preflight::check_wal_level(&client, &url).await?;
@@ -101,7 +101,8 @@ pub async fn run(args: SetupArgs) -> Result<()> {
         ),
     }
     println!("source ready");
-    if args.warehouse.warehouse_url.is_some() || args.warehouse.warehouse_url_file.is_some() {
+    if args.warehouse.url.warehouse_url.is_some() || args.warehouse.url.warehouse_url_file.is_some()
+    {
         let wh = super::run::prepare_warehouse(
             &url,
             &args.source.publication,

@@ -8,7 +8,7 @@ use crate::capture::slot;
 use crate::config::StatusArgs;
 
 pub async fn run(args: StatusArgs) -> Result<()> {
-    let source = super::source_url(&args.source, "status")?;
+    let source = super::source_url(&args.source.url, "status")?;
     let src = source.connect().await?;
     let slot_name = &args.source.slot;
     let current: String = src
@@ -35,12 +35,7 @@ pub async fn run(args: StatusArgs) -> Result<()> {
     let mut applied_lsn: Option<String> = None;
     let mut applied_age: Option<f64> = None;
     let mut dead_letters: Option<i64> = None;
-    let wh_url = super::url_option(
-        &args.warehouse_url,
-        &args.warehouse_url_file,
-        &args.warehouse_password_file,
-        "warehouse-url",
-    )?;
+    let wh_url = super::warehouse_url_option(&args.warehouse)?;
     let has_warehouse = wh_url.is_some();
     if let Some(wh_url) = wh_url {
         let wh = wh_url.connect().await?;

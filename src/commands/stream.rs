@@ -13,7 +13,7 @@ use crate::{channel, transport};
 /// The capture settings shared by every role that captures.
 pub fn capture_config(source: &SourceArgs, capture: &CaptureArgs) -> Result<CaptureConfig> {
     Ok(CaptureConfig {
-        source: super::source_url(source, "capture")?,
+        source: super::source_url(&source.url, "capture")?,
         slot: source.slot.clone(),
         publication: source.publication.clone(),
         tables: source.tables(),

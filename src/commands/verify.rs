@@ -226,7 +226,7 @@ async fn compare_star(
 }
 
 pub async fn run(args: VerifyArgs) -> Result<()> {
-    let source = super::source_url(&args.source, "verify")?;
+    let source = super::source_url(&args.source.url, "verify")?;
     let wh_url = super::run::warehouse_url(&args.warehouse)?;
     let tables = capture::describe_tables(
         &source,

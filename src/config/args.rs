@@ -72,27 +72,8 @@ pub struct ConsumeArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct GenerateArgs {
-    /// PostgreSQL URL of the source database to write to.
-    #[arg(
-        long,
-        env = "TOTES_CDC_SOURCE_URL",
-        value_name = "URL",
-        hide_env_values = true
-    )]
-    pub source_url: Option<String>,
-
-    /// A file holding the source URL (a mounted secret), instead of source-url.
-    #[arg(
-        long,
-        env = "TOTES_CDC_SOURCE_URL_FILE",
-        value_name = "FILE",
-        conflicts_with = "source_url"
-    )]
-    pub source_url_file: Option<PathBuf>,
-
-    /// A file holding only the password of the source URL (a mounted secret).
-    #[arg(long, env = "TOTES_CDC_SOURCE_PASSWORD_FILE", value_name = "FILE")]
-    pub source_password_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub source: SourceUrlArgs,
 
     /// Create the totesys schema and seed it when the database does not have it yet.
     #[arg(long)]
@@ -116,27 +97,8 @@ pub struct StatusArgs {
     #[command(flatten)]
     pub source: SourceArgs,
 
-    /// PostgreSQL URL of the warehouse database (optional here).
-    #[arg(
-        long,
-        env = "TOTES_CDC_WAREHOUSE_URL",
-        value_name = "URL",
-        hide_env_values = true
-    )]
-    pub warehouse_url: Option<String>,
-
-    /// A file holding the warehouse URL (a mounted secret), instead of warehouse-url.
-    #[arg(
-        long,
-        env = "TOTES_CDC_WAREHOUSE_URL_FILE",
-        value_name = "FILE",
-        conflicts_with = "warehouse_url"
-    )]
-    pub warehouse_url_file: Option<PathBuf>,
-
-    /// A file holding only the password of the warehouse URL (a mounted secret).
-    #[arg(long, env = "TOTES_CDC_WAREHOUSE_PASSWORD_FILE", value_name = "FILE")]
-    pub warehouse_password_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub warehouse: WarehouseUrlArgs,
 
     /// One JSON object instead of text.
     #[arg(long)]
@@ -159,27 +121,8 @@ pub struct VerifyArgs {
 /// Where and what to capture.
 #[derive(Debug, Clone, Args)]
 pub struct SourceArgs {
-    /// PostgreSQL URL of the source database (postgres://user:password@host:port/db).
-    #[arg(
-        long,
-        env = "TOTES_CDC_SOURCE_URL",
-        value_name = "URL",
-        hide_env_values = true
-    )]
-    pub source_url: Option<String>,
-
-    /// A file holding the source URL (a mounted secret), instead of source-url.
-    #[arg(
-        long,
-        env = "TOTES_CDC_SOURCE_URL_FILE",
-        value_name = "FILE",
-        conflicts_with = "source_url"
-    )]
-    pub source_url_file: Option<PathBuf>,
-
-    /// A file holding only the password of the source URL (a mounted secret).
-    #[arg(long, env = "TOTES_CDC_SOURCE_PASSWORD_FILE", value_name = "FILE")]
-    pub source_password_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub url: SourceUrlArgs,
 
     /// Logical replication slot name.
     #[arg(long, env = "TOTES_CDC_SLOT", default_value = "totes_cdc")]
@@ -263,27 +206,8 @@ pub struct CaptureArgs {
 /// Where and how changes are applied.
 #[derive(Debug, Clone, Args)]
 pub struct WarehouseArgs {
-    /// PostgreSQL URL of the warehouse database.
-    #[arg(
-        long,
-        env = "TOTES_CDC_WAREHOUSE_URL",
-        value_name = "URL",
-        hide_env_values = true
-    )]
-    pub warehouse_url: Option<String>,
-
-    /// A file holding the warehouse URL (a mounted secret), instead of warehouse-url.
-    #[arg(
-        long,
-        env = "TOTES_CDC_WAREHOUSE_URL_FILE",
-        value_name = "FILE",
-        conflicts_with = "warehouse_url"
-    )]
-    pub warehouse_url_file: Option<PathBuf>,
-
-    /// A file holding only the password of the warehouse URL (a mounted secret).
-    #[arg(long, env = "TOTES_CDC_WAREHOUSE_PASSWORD_FILE", value_name = "FILE")]
-    pub warehouse_password_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub url: WarehouseUrlArgs,
 
     /// Schema of the star tables in the warehouse.
     #[arg(long, env = "TOTES_CDC_WAREHOUSE_SCHEMA", default_value = "public")]
@@ -406,4 +330,56 @@ pub struct MetricsArgs {
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "TOTES_CDC_METRICS_ADDR", default_value = "127.0.0.1:9898")]
     pub metrics_addr: String,
+}
+
+/// The source's URL, inline or from files (mounted secrets).
+#[derive(Debug, Clone, Args)]
+pub struct SourceUrlArgs {
+    /// PostgreSQL URL of the source database (postgres://user:password@host:port/db).
+    #[arg(
+        long,
+        env = "TOTES_CDC_SOURCE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub source_url: Option<String>,
+
+    /// A file holding the source URL (a mounted secret), instead of source-url.
+    #[arg(
+        long,
+        env = "TOTES_CDC_SOURCE_URL_FILE",
+        value_name = "FILE",
+        conflicts_with = "source_url"
+    )]
+    pub source_url_file: Option<PathBuf>,
+
+    /// A file holding only the password of the source URL (a mounted secret).
+    #[arg(long, env = "TOTES_CDC_SOURCE_PASSWORD_FILE", value_name = "FILE")]
+    pub source_password_file: Option<PathBuf>,
+}
+
+/// The warehouse's URL, inline or from files (mounted secrets).
+#[derive(Debug, Clone, Args)]
+pub struct WarehouseUrlArgs {
+    /// PostgreSQL URL of the warehouse database.
+    #[arg(
+        long,
+        env = "TOTES_CDC_WAREHOUSE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub warehouse_url: Option<String>,
+
+    /// A file holding the warehouse URL (a mounted secret), instead of warehouse-url.
+    #[arg(
+        long,
+        env = "TOTES_CDC_WAREHOUSE_URL_FILE",
+        value_name = "FILE",
+        conflicts_with = "warehouse_url"
+    )]
+    pub warehouse_url_file: Option<PathBuf>,
+
+    /// A file holding only the password of the warehouse URL (a mounted secret).
+    #[arg(long, env = "TOTES_CDC_WAREHOUSE_PASSWORD_FILE", value_name = "FILE")]
+    pub warehouse_password_file: Option<PathBuf>,
 }

@@ -279,42 +279,7 @@ impl Store {
 
     /// Reads the object at `path` (relative to the lake root).
     pub async fn get(&self, path: &str) -> Result<Bytes, StoreError> {
-        match self {
-            Store::Local(root) => {
-                let full = root.join(path);
-                tokio::fs::read(&full)
-                    .await
-                    .map(Bytes::from)
-                    .map_err(|e| StoreError::Local {
-                        path: full.display().to_string(),
-                        source: e,
-                    })
-            }
-            Store::S3 {
-                client,
-                bucket,
-                prefix,
-            } => {
-                let key = Self::key(prefix, path);
-                let out = client
-                    .get_object()
-                    .bucket(bucket)
-                    .key(&key)
-                    .send()
-                    .await
-                    .map_err(|e| Self::s3_error(e, bucket, &key))?;
-                let body = out
-                    .body
-                    .collect()
-                    .await
-                    .map_err(|e| StoreError::Transient {
-                        bucket: bucket.clone(),
-                        key: key.clone(),
-                        message: e.to_string(),
-                    })?;
-                Ok(body.into_bytes())
-            }
-        }
+        self.get_capped(path, u64::MAX).await
     }
 
     /// Where `location` (as an oversized record's pointer names it: a file path or
@@ -377,7 +342,7 @@ impl Store {
                         return Err(unreadable("not a regular file".into()));
                     }
                     let mut buf = Vec::new();
-                    file.take(cap + 1)
+                    file.take(cap.saturating_add(1))
                         .read_to_end(&mut buf)
                         .map_err(|e| unreadable(e.to_string()))?;
                     if buf.len() as u64 > cap {

@@ -34,7 +34,6 @@ pub struct LakeWriter {
     orphans: Vec<String>,
     /// Events of that batch, so the same batch can be formed again.
     form_again: Option<usize>,
-    dedupe: bool,
 }
 
 impl LakeWriter {
@@ -46,15 +45,7 @@ impl LakeWriter {
             hwm: HashMap::new(),
             orphans: Vec::new(),
             form_again: None,
-            dedupe: true,
         }
-    }
-
-    /// Consumers resume from their shard checkpoints instead, and shards interleave a table's
-    /// positions: no per-table dedupe of re-delivered events.
-    pub fn without_dedupe(mut self) -> Self {
-        self.dedupe = false;
-        self
     }
 
     pub fn store(&self) -> &Store {
@@ -109,8 +100,7 @@ impl LakeWriter {
 
     /// Whether a committed file already holds this (streamed) event.
     pub fn already_committed(&self, ev: &ChangeEvent) -> bool {
-        self.dedupe
-            && ev.position.seq >= 0
+        ev.position.seq >= 0
             && self
                 .hwm
                 .get(&ev.table.qualified_name())

@@ -391,12 +391,8 @@ impl PgUrl {
                     target,
                     database: self.database(),
                 },
-                // Down, starting, out of connections, or closed to connections for a while
-                // (ALLOW_CONNECTIONS false during maintenance): waited out.
-                c if c.starts_with("57P")
-                    || c.starts_with("53")
-                    || (c == "55000"
-                        && db.message().contains("not currently accepting connections")) =>
+                c if crate::error_policy::for_connect_refusal(c, db.message())
+                    == crate::error_policy::Action::Retry =>
                 {
                     PgError::Unreachable {
                         what,

@@ -323,6 +323,16 @@ fn pod_env(
     env
 }
 
+/// Waits for the pod's `/readyz` to answer 200; on failure, shows the pod's log.
+fn wait_pod_ready(pod: &Proc) {
+    let ready = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_ready(&metrics_addr(pod), 200, WAIT);
+    }));
+    if ready.is_err() {
+        panic!("the pod did not become ready; its log:\n{}", pod.stderr());
+    }
+}
+
 fn spawn_pod(c: &Value, env: &[(String, String)]) -> Proc {
     let a = args(c);
     let a: Vec<&str> = a.iter().map(String::as_str).collect();
@@ -391,9 +401,9 @@ async fn the_chart_s_pods_move_the_source_into_the_warehouse() {
             }
         }
         // The readiness probe's endpoint answers 200 once the pod works.
-        wait_ready(&metrics_addr(&capture_pod), 200, WAIT);
+        wait_pod_ready(&capture_pod);
         for c in &consumers {
-            wait_ready(&metrics_addr(c), 200, WAIT);
+            wait_pod_ready(c);
         }
         totesys::bundles_and_edits(&src, 0, 12).await;
         wait_star(&src, &wh, WAIT).await;

@@ -163,17 +163,7 @@ async fn stream_and_consume_run_on_a_tls_only_server_with_verify_full() {
     let wh_url = url(&pg, "localhost", "wh", &tls, true);
     let state = dir.join("state").to_string_lossy().into_owned();
     let lake = dir.join("lake").to_string_lossy().into_owned();
-    let (status, out, err) = support::run(
-        &[
-            "setup",
-            "--source-url",
-            &src_url,
-            "--warehouse-url",
-            &wh_url,
-        ],
-        &[],
-    );
-    assert!(status.success(), "{out}{err}");
+    support::setup(&src_url, &wh_url, &[]);
     // The streamer takes its password from a libpq password file (':' escaped there), the
     // consumer its TLS settings from libpq's environment variables.
     let pgpass = secret(

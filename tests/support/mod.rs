@@ -101,6 +101,12 @@ pub fn consume_args<'a>(stream: &'a str, wh: &'a str, lake: &'a str) -> Vec<&'a 
     ]
 }
 
+/// `setup` of a source and its warehouse, which must succeed.
+pub fn setup(src: &str, wh: &str, envs: &[(&str, &str)]) {
+    let (status, out, err) = run(&["setup", "--source-url", src, "--warehouse-url", wh], envs);
+    assert!(status.success(), "setup: {out}{err}");
+}
+
 /// Runs the binary to completion; returns (exit status, stdout, stderr).
 pub fn run(args: &[&str], envs: &[(&str, &str)]) -> (ExitStatus, String, String) {
     let out = Command::new(bin())

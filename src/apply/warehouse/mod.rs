@@ -146,12 +146,7 @@ impl Warehouse {
 
     /// Also writes every batch to the lake, before its warehouse commit.
     pub fn with_lake(mut self, store: Store) -> Self {
-        let writer = LakeWriter::new(store, self.url.clone());
-        self.lake = Some(if self.lake_dedupe {
-            writer
-        } else {
-            writer.without_dedupe()
-        });
+        self.lake = Some(LakeWriter::new(store, self.url.clone()));
         self
     }
 
@@ -160,7 +155,6 @@ impl Warehouse {
     /// lake is given before or after.
     pub fn without_lake_dedupe(mut self) -> Self {
         self.lake_dedupe = false;
-        self.lake = self.lake.map(LakeWriter::without_dedupe);
         self
     }
 
@@ -223,7 +217,7 @@ impl Warehouse {
 
     /// Whether the lake already holds this (streamed) event in a committed file.
     pub fn already_committed(&self, ev: &ChangeEvent) -> bool {
-        self.lake.as_ref().is_some_and(|l| l.already_committed(ev))
+        self.lake_dedupe && self.lake.as_ref().is_some_and(|l| l.already_committed(ev))
     }
 
     /// A consumer that takes over a shard removes the files its previous owner wrote for a

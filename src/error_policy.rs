@@ -23,6 +23,9 @@ pub fn for_sqlstate(code: &str) -> Action {
         c if c.starts_with("08") || c.starts_with("53") || c.starts_with("57P") => Action::Retry,
         // Serialization failure and deadlock: the transaction may simply run again.
         "40001" | "40P01" => Action::Retry,
+        // The server ended a transaction left idle too long (this writer was frozen or its
+        // network stalled: its locks were given back), or cancelled a statement.
+        "25P03" | "25P04" | "57014" => Action::Retry,
         // Object in use: another process holds the replication slot until it ends.
         "55006" => Action::Retry,
         // Internal error: what a walsender reports when its session is torn down under it.
@@ -59,6 +62,7 @@ mod tests {
         assert_eq!(for_sqlstate("57P01"), Action::Retry);
         assert_eq!(for_sqlstate("53300"), Action::Retry);
         assert_eq!(for_sqlstate("40P01"), Action::Retry);
+        assert_eq!(for_sqlstate("25P03"), Action::Retry);
         assert_eq!(for_sqlstate("22007"), Action::DeadLetter);
         assert_eq!(for_sqlstate("23502"), Action::DeadLetter);
         assert_eq!(for_sqlstate("42501"), Action::Stop);

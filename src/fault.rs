@@ -1,7 +1,9 @@
 //! Fault injection for the crash tests, compiled only with the `failpoints` cargo feature (which
 //! `make test` turns on; a release build has none of it): `TOTES_CDC_FAULT=<point>:<n>` aborts
-//! the process the n-th time it reaches `<point>` (as a kill -9 would, with no cleanup), and
-//! `TOTES_CDC_FAULT=kinesis-fail:<percent>` fails that share of PutRecords entries as throttled.
+//! the process the n-th time it reaches `<point>` (as a kill -9 would, with no cleanup),
+//! `<point>:<n>:stop` freezes it there instead (SIGSTOP, as a paused pod; SIGCONT resumes), and
+//! `TOTES_CDC_FAULT=kinesis-fail:<percent>` fails that share of PutRecords entries as throttled, and
+//! `kinesis-throttle-secs:<n>` fails every entry for n seconds from the first PutRecords.
 
 /// The places a crash can be injected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -10,6 +12,8 @@ pub enum Point {
     AfterCommit,
     /// A batch's lake files are written, its warehouse transaction not committed.
     AfterLakeWrite,
+    /// A batch is committed in the warehouse, its lake files not yet published.
+    BeforeLakePublish,
 }
 
 impl Point {
@@ -18,6 +22,7 @@ impl Point {
         match self {
             Point::AfterCommit => "after-commit",
             Point::AfterLakeWrite => "after-lake-write",
+            Point::BeforeLakePublish => "before-lake-publish",
         }
     }
 }
@@ -25,12 +30,18 @@ impl Point {
 /// The `TOTES_CDC_FAULT` point whose number is the share (in percent) of Kinesis entries failed.
 pub const KINESIS_FAIL: &str = "kinesis-fail";
 
+/// The `TOTES_CDC_FAULT` point whose number is how many seconds, from the first PutRecords, every
+/// Kinesis entry fails as throttled (sustained throttling).
+pub const KINESIS_THROTTLE_SECS: &str = "kinesis-throttle-secs";
+
 #[cfg(feature = "failpoints")]
 mod injected {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::OnceLock;
 
     static SPEC: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    static STOP: OnceLock<bool> = OnceLock::new();
+    pub static FIRST_PUT: OnceLock<std::time::Instant> = OnceLock::new();
     static HITS: AtomicU64 = AtomicU64::new(0);
     static DICE: AtomicU64 = AtomicU64::new(0x9e37_79b9_7f4a_7c15);
 
@@ -38,8 +49,14 @@ mod injected {
         SPEC.get_or_init(|| {
             let v = std::env::var("TOTES_CDC_FAULT").ok()?;
             let (point, n) = v.split_once(':')?;
+            let n = n.strip_suffix(":stop").unwrap_or(n);
             Some((point.to_string(), n.parse().ok()?))
         })
+    }
+
+    /// Whether the point freezes the process rather than abort it.
+    pub fn stops() -> bool {
+        *STOP.get_or_init(|| std::env::var("TOTES_CDC_FAULT").is_ok_and(|v| v.ends_with(":stop")))
     }
 
     pub fn hit(name: &str) -> bool {
@@ -61,6 +78,15 @@ mod injected {
 #[cfg(feature = "failpoints")]
 pub fn point(p: Point) {
     if injected::hit(p.name()) {
+        if injected::stops() {
+            eprintln!("fault injection: stopping at {}", p.name());
+            // Frozen where it stands, sockets open, until SIGCONT.
+            let _ = std::process::Command::new("kill")
+                .args(["-STOP", &std::process::id().to_string()])
+                .status();
+            eprintln!("fault injection: resumed at {}", p.name());
+            return;
+        }
         eprintln!("fault injection: crashing at {}", p.name());
         std::process::abort();
     }
@@ -76,6 +102,10 @@ pub fn point(_: Point) {}
 pub fn fail_kinesis_entry() -> bool {
     match injected::spec() {
         Some((p, pct)) if p == KINESIS_FAIL => injected::percentile() < *pct,
+        Some((p, secs)) if p == KINESIS_THROTTLE_SECS => {
+            let first = injected::FIRST_PUT.get_or_init(std::time::Instant::now);
+            first.elapsed() < std::time::Duration::from_secs(*secs)
+        }
         _ => false,
     }
 }

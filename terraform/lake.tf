@@ -61,6 +61,21 @@ resource "aws_s3_bucket_lifecycle_configuration" "lake" {
       noncurrent_days = 30
     }
   }
+  # Staged files live for one batch (copied into place, then deleted): their old versions and
+  # delete markers are of no use after a day.
+  rule {
+    id     = "staging"
+    status = "Enabled"
+    filter {
+      prefix = local.lake_prefix == "" ? "_staging/" : "${local.lake_prefix}/_staging/"
+    }
+    noncurrent_version_expiration {
+      noncurrent_days = 1
+    }
+    expiration {
+      expired_object_delete_marker = true
+    }
+  }
 }
 
 # TLS only.

@@ -51,6 +51,18 @@ CREATE TABLE IF NOT EXISTS totes_cdc.shard_checkpoints (
     PRIMARY KEY (stream, shard_id)
 );
 
+-- Shard leases: the consumer that reads a shard (`owner`, NULL once released) until
+-- `expires_at` (renewed a few times per lease timeout). `epoch` grows with every take: a batch
+-- commits only while its owner and epoch are still the lease's (the fencing token).
+CREATE TABLE IF NOT EXISTS totes_cdc.shard_leases (
+    stream text NOT NULL,
+    shard_id text NOT NULL,
+    owner text,
+    epoch bigint NOT NULL DEFAULT 0,
+    expires_at timestamptz NOT NULL DEFAULT '-infinity',
+    PRIMARY KEY (stream, shard_id)
+);
+
 -- Consumers alive (heartbeat), for sharing the shards evenly.
 CREATE TABLE IF NOT EXISTS totes_cdc.consumers (
     id text PRIMARY KEY,
@@ -92,10 +104,28 @@ CREATE TABLE IF NOT EXISTS totes_cdc.lake_files (
     committed_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS lake_files_table ON totes_cdc.lake_files (kind, table_name, last_lsn, last_seq);
+-- Who wrote it: the embedded pipeline's checkpoint name, or `shard:<id>` for a Kinesis consumer
+-- (NULL before version 3). A writer's positions of a table only grow, so its highest committed
+-- position tells redelivered events apart.
+ALTER TABLE totes_cdc.lake_files ADD COLUMN IF NOT EXISTS writer text;
+CREATE INDEX IF NOT EXISTS lake_files_writer ON totes_cdc.lake_files (writer, table_name, last_lsn, last_seq)
+    WHERE kind = 'changes';
 
--- Files about to be written for a batch (committed before the write, so a crash between the
--- write and the batch's commit leaves a record); removed with the batch's commit. After a
--- crash the next start rebuilds that batch, and any of its files not written again is deleted.
+-- Files of a batch written under a hidden name (`_staging/...staged`), recorded before the
+-- write. The batch's transaction marks them committed; they are then published (moved to their
+-- place) and forgotten. After a crash the writer (or a shard's next owner) publishes the
+-- committed ones and removes the others, so readers never see a file of an uncommitted batch.
+CREATE TABLE IF NOT EXISTS totes_cdc.lake_staged (
+    staged text PRIMARY KEY,
+    path text NOT NULL,
+    writer text NOT NULL,
+    committed boolean NOT NULL DEFAULT false,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS lake_staged_writer ON totes_cdc.lake_staged (writer);
+
+-- Before version 3, files were written in place, listed here until their batch committed; the
+-- next start removes those that never did.
 CREATE TABLE IF NOT EXISTS totes_cdc.lake_pending (
     path text PRIMARY KEY,
     -- events in the batch: after a restart the same events form the same batch again, and its

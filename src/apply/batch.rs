@@ -19,6 +19,9 @@ pub struct ShardPosition {
     pub sequence_number: Option<String>,
     /// The shard is closed and read to its end.
     pub ended: bool,
+    /// The lease the batch was read under (owner and epoch), checked by its commit.
+    pub owner: String,
+    pub epoch: i64,
 }
 
 /// Something that arrived but is not an event (a record that does not parse): a dead letter.
@@ -84,10 +87,9 @@ impl Batch {
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_events: usize,
-    /// `None`: no bound in bytes (forming a batch again exactly).
-    pub max_bytes: Option<usize>,
-    /// `None`: wait for `max_events` however long it takes (to form a batch again exactly).
-    pub max_wait: Option<Duration>,
+    pub max_bytes: usize,
+    /// From the first event's arrival.
+    pub max_wait: Duration,
 }
 
 /// Takes the next batch; `None` once the channel is closed and drained. Events `skip` says are
@@ -98,7 +100,7 @@ pub async fn next_batch(
     skip: impl Fn(&ChangeEvent) -> bool,
 ) -> Option<Batch> {
     let mut batch = Batch::default();
-    let add = |batch: &mut Batch, mut item: Item| {
+    let add = |batch: &mut Batch, item: Item| {
         if let ItemKind::Change(ev) = &item.kind {
             if skip(ev) {
                 batch.last_seqno = item.seqno;
@@ -106,19 +108,12 @@ pub async fn next_batch(
                 return;
             }
         }
-        // A batch formed again exactly (no byte bound) must not wait on the budget its own
-        // events hold: had the budget shrunk since the crash, capture could not deliver the
-        // rest. Its size is the original batch's, which fitted.
-        if limits.max_bytes.is_none() {
-            item.permit = None;
-        }
         batch.push(item);
     };
     let first = rx.recv().await?;
-    let deadline = limits.max_wait.map(|w| first.sent_at + w);
+    let deadline = first.sent_at + limits.max_wait;
     add(&mut batch, first);
-    while batch.events.len() < limits.max_events && limits.max_bytes.is_none_or(|m| batch.bytes < m)
-    {
+    while batch.events.len() < limits.max_events && batch.bytes < limits.max_bytes {
         // Take what is already queued without waiting.
         match rx.try_recv() {
             Ok(item) => {
@@ -128,12 +123,9 @@ pub async fn next_batch(
             Err(mpsc::error::TryRecvError::Disconnected) => break,
             Err(mpsc::error::TryRecvError::Empty) => {}
         }
-        let next = match deadline {
-            Some(d) => match tokio::time::timeout_at(d, rx.recv()).await {
-                Ok(item) => item,
-                Err(_) => break,
-            },
-            None => rx.recv().await,
+        let next = match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(item) => item,
+            Err(_) => break,
         };
         match next {
             Some(item) => add(&mut batch, item),
@@ -178,8 +170,8 @@ mod tests {
         });
         let limits = Limits {
             max_events: 10,
-            max_bytes: None,
-            max_wait: Some(Duration::from_secs(1)),
+            max_bytes: usize::MAX,
+            max_wait: Duration::from_secs(1),
         };
         let batch = next_batch(&mut rx, limits, |_| false).await.unwrap();
         assert_eq!((batch.items, batch.last_seqno), (1, 1));

@@ -110,6 +110,11 @@ pub async fn drive<S: BatchSource>(
                     source.committed(&batch).await?;
                     break;
                 }
+                Err(ApplyError::Fenced { shard }) => {
+                    tracing::warn!(%shard, "the shard's lease passed to another consumer: its batch is left to them");
+                    source.fenced(&batch).await?;
+                    break;
+                }
                 Err(e) if e.is_transient() => {
                     stats.retries.fetch_add(1, Ordering::Relaxed);
                     m.apply_retries_total.inc();

@@ -27,6 +27,15 @@ pub trait BatchSource {
         &mut self,
         batch: &Batch,
     ) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send;
+
+    /// The batch was refused because its shard's lease passed to another consumer: nothing
+    /// of it was written; stop reading that shard.
+    fn fenced(
+        &mut self,
+        _batch: &Batch,
+    ) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send {
+        async { Ok(()) }
+    }
 }
 
 /// The embedded pipeline's channel: batches close on count, bytes or time, and a commit
@@ -47,18 +56,10 @@ impl BatchSource for ChannelSource {
     type Error = ApplyError;
 
     async fn next_batch(&mut self, wh: &mut Warehouse) -> Result<Option<Batch>, ApplyError> {
-        // A batch whose lake files a crash left uncommitted is formed again, event for event.
-        let limits = match wh.take_batch_to_form_again() {
-            Some(n) => Limits {
-                max_events: n,
-                max_bytes: None,
-                max_wait: None,
-            },
-            None => Limits {
-                max_events: self.cfg.batch_max_events,
-                max_bytes: Some(self.cfg.batch_max_bytes),
-                max_wait: Some(self.cfg.batch_max_wait),
-            },
+        let limits = Limits {
+            max_events: self.cfg.batch_max_events,
+            max_bytes: self.cfg.batch_max_bytes,
+            max_wait: self.cfg.batch_max_wait,
         };
         Ok(batch::next_batch(&mut self.rx, limits, |ev| wh.already_committed(ev)).await)
     }

@@ -245,8 +245,9 @@ impl Catalog {
                 target: self.url.target(),
             })?;
         self.ensure_connected().await?;
-        // PostgreSQL 15 publications may publish a column subset (`attnames`).
-        let published: Option<Vec<String>> = self
+        // PostgreSQL 15 publications may publish a column subset (`attnames`); older servers
+        // have no such column (undefined_column): all columns are published there.
+        let published: Option<Vec<String>> = match self
             .client
             .query_opt(
                 "SELECT attnames::text[] FROM pg_publication_tables \
@@ -254,9 +255,11 @@ impl Catalog {
                 &[&publication, &t.schema, &t.name],
             )
             .await
-            .ok()
-            .flatten()
-            .and_then(|r| r.try_get(0).ok());
+        {
+            Ok(row) => row.and_then(|r| r.get(0)),
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_COLUMN) => None,
+            Err(e) => return Err(self.err("reading the table's published columns", e).into()),
+        };
         let rows = self
             .client
             .query(

@@ -414,8 +414,9 @@ async fn drain_without_session(
 fn replication_is_transient(e: &PgWireError) -> bool {
     match e {
         PgWireError::Io(_) | PgWireError::Task(_) | PgWireError::Protocol(_) => true,
+        // As a refused session: a database closed to connections for a while is waited out.
         PgWireError::Server(msg) => sqlstate_of(msg).is_some_and(|c| {
-            crate::error_policy::for_sqlstate(c) == crate::error_policy::Action::Retry
+            crate::error_policy::for_connect_refusal(c, msg) == crate::error_policy::Action::Retry
         }),
         _ => false,
     }

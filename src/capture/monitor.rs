@@ -35,6 +35,9 @@ pub async fn run(
     let mut warned_retained = false;
     let mut warned_status = String::from("reserved");
     let mut clock = WalClock::default();
+    // When the source last answered: while it cannot be reached, changes may be waiting that
+    // cannot be measured, so the lag in seconds counts from there.
+    let mut last_seen_us: Option<i64> = None;
     let mut tick = tokio::time::interval(cfg.interval);
     loop {
         tokio::select! {
@@ -75,12 +78,15 @@ pub async fn run(
         if client.as_ref().is_none_or(|c| c.is_closed()) {
             client = cfg.url.connect().await.ok();
         }
+        let unseen = |now: i64| last_seen_us.map_or(0.0, |t| (now - t).max(0) as f64 / 1e6);
         let Some(c) = &client else {
             health.set(
                 "source",
                 false,
                 format!("cannot reach {}", cfg.url.target()),
             );
+            m.replication_lag_seconds
+                .set(m.replication_lag_seconds.get().max(unseen(now)));
             continue;
         };
         let row = c
@@ -99,10 +105,13 @@ pub async fn run(
             }
             Err(e) => {
                 health.set("source", false, format!("reading the slot: {e}"));
+                m.replication_lag_seconds
+                    .set(m.replication_lag_seconds.get().max(unseen(now)));
                 continue;
             }
         };
         health.set("source", true, cfg.url.target());
+        last_seen_us = Some(now);
         let current: i64 = row.get(0);
         let confirmed: Option<i64> = row.get(1);
         let restart: Option<i64> = row.get(2);

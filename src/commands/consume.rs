@@ -27,7 +27,7 @@ pub async fn run(args: ConsumeArgs, shutdown: watch::Receiver<bool>) -> Result<(
     kinesis::check_stream(&client, &stream, &region).await?;
     let mut wh = super::warehouse_without_source(&url, &args.warehouse, CHECKPOINT)
         .await?
-        .without_lake_dedupe();
+        .with_idle_in_transaction_timeout(args.lease_timeout);
     if let Some(lake) = args.warehouse.lake.at() {
         wh = wh.with_lake(Store::open(lake).await?);
     }
@@ -39,7 +39,13 @@ pub async fn run(args: ConsumeArgs, shutdown: watch::Receiver<bool>) -> Result<(
         poll: args.poll_interval,
         oversized_max_bytes: args.kinesis.oversized_max_bytes.max(0) as u64,
     };
-    let leases = Leases::new(url, &stream, &id);
+    if args.lease_timeout < std::time::Duration::from_secs(1) {
+        anyhow::bail!(
+            "lease-timeout {:?} is too short: give at least 1s (the default is 15s)",
+            args.lease_timeout
+        );
+    }
+    let leases = Leases::new(url, &stream, &id, args.lease_timeout);
     let health = crate::metrics::server::Health::new();
     super::serve_metrics(&args.metrics.metrics_addr, health.clone()).await?;
     consumer::run(client, cfg, wh, leases, shutdown, health).await?;

@@ -68,6 +68,12 @@ pub struct ConsumeArgs {
     /// Wait between polls when no shard had records.
     #[arg(long, env = "TOTES_CDC_POLL_INTERVAL", default_value = "200ms", value_parser = parse_duration)]
     pub poll_interval: Duration,
+
+    /// How long a shard lease lasts unrenewed: a replica that stops renewing (killed, frozen,
+    /// partitioned) loses its shards to the others after this. Also bounds how long a batch
+    /// transaction may sit idle (waiting on the lake) before the warehouse ends it.
+    #[arg(long, env = "TOTES_CDC_LEASE_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub lease_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -8,8 +8,8 @@
 //!
 //! `<first>` and `<last>` are the positions the file holds, spelled so names sort by position
 //! (`<lsn as 16 hex digits>.<seq + 2^31 as 8 hex digits>`). Each committed file is recorded in
-//! `totes_cdc.lake_files` in the batch's transaction; files of a batch that did not commit are
-//! listed in `totes_cdc.lake_pending` and removed on the next start.
+//! `totes_cdc.lake_files` in the batch's transaction. A file appears at its place only once
+//! its batch committed: until then it lies in `_staging/` under a `.staged` name (`writer`).
 
 pub mod arrow;
 pub mod read;

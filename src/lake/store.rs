@@ -388,6 +388,53 @@ impl Store {
         }
     }
 
+    /// Moves the staged file `staged` to `path`, where readers see it: a rename in a directory,
+    /// CopyObject and DeleteObject on S3. Publishing again what was published is fine; a staged
+    /// file that is neither at `staged` nor at `path` is `Missing`.
+    pub async fn publish(&self, staged: &str, path: &str) -> Result<(), StoreError> {
+        match self {
+            Store::Local(root) => {
+                let (root, staged, path) = (root.clone(), staged.to_string(), path.to_string());
+                blocking(move || publish_local(&root, &staged, &path)).await
+            }
+            Store::S3 {
+                client,
+                bucket,
+                prefix,
+            } => {
+                let (from, to) = (Self::key(prefix, staged), Self::key(prefix, path));
+                // Staged keys are plain ASCII (letters, digits, `._-/`): no encoding needed.
+                let copied = client
+                    .copy_object()
+                    .bucket(bucket)
+                    .key(&to)
+                    .copy_source(format!("{bucket}/{from}"))
+                    .send()
+                    .await;
+                match copied {
+                    Ok(_) => {}
+                    Err(e)
+                        if e.as_service_error()
+                            .is_some_and(|s| s.code() == Some("NoSuchKey")) =>
+                    {
+                        let there = client.head_object().bucket(bucket).key(&to).send().await;
+                        return match there {
+                            Ok(_) => Ok(()),
+                            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => {
+                                Err(StoreError::Missing {
+                                    path: format!("s3://{bucket}/{from}"),
+                                })
+                            }
+                            Err(e) => Err(Self::s3_error(e, bucket, &to)),
+                        };
+                    }
+                    Err(e) => return Err(Self::s3_error(e, bucket, &to)),
+                }
+                self.delete(staged).await
+            }
+        }
+    }
+
     /// Removes `path`; a path that is not there is fine.
     pub async fn delete(&self, path: &str) -> Result<(), StoreError> {
         match self {
@@ -472,8 +519,29 @@ fn write_local(root: &Path, path: &str, data: &[u8]) -> Result<(), StoreError> {
     f.write_all(data).map_err(err)?;
     f.sync_all().map_err(err)?;
     std::fs::rename(&tmp, &target).map_err(err)?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
+    sync_dir(dir).map_err(err)
+}
+
+/// Makes a rename or a new entry in `dir` durable.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+fn publish_local(root: &Path, staged: &str, path: &str) -> Result<(), StoreError> {
+    let (from, to) = (root.join(staged), root.join(path));
+    let err = |e: std::io::Error| StoreError::Local {
+        path: to.display().to_string(),
+        source: e,
+    };
+    let dir = to.parent().unwrap_or(root);
+    std::fs::create_dir_all(dir).map_err(err)?;
+    match std::fs::rename(&from, &to) {
+        Ok(()) => sync_dir(dir).map_err(err),
+        // Published before (by this writer before a crash, or by the shard's next owner).
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && to.is_file() => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::Missing {
+            path: from.display().to_string(),
+        }),
+        Err(e) => Err(err(e)),
     }
-    Ok(())
 }

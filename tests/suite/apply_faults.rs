@@ -1,7 +1,11 @@
 //! The promises under faults: `run` killed at random moments (and right between a warehouse
-//! commit and its acknowledgement) under a steady workload, and a warehouse restarted mid-run.
-//! After draining, the warehouse is the transform of the source and every fact version is
-//! there exactly once — checked against an independent capture of the same changes.
+//! commit and its acknowledgement, the lake write and the commit, the commit and the lake
+//! files' publication) under a steady workload with a large transaction; a warehouse restarted
+//! mid-run; a warehouse, then a source, that refuse connections for a while, waited out with
+//! the process alive, not ready and its lag rising. After draining, the warehouse is the
+//! transform of the source and every fact version is there exactly once, and the lake holds
+//! every change in exactly one committed file, with nothing else visible to a glob — checked
+//! against an independent capture of the same changes.
 
 use crate::support;
 
@@ -9,8 +13,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use support::scrape::{get, metrics_addr, wait_metrics, wait_ready};
 use support::star::{self, assert_star, sync};
 use support::{run_args, totesys, PgCluster, Proc};
+use tokio_postgres::Client;
 
 const WAIT: Duration = Duration::from_secs(180);
 
@@ -63,18 +69,30 @@ async fn kill_9_at_random_moments_loses_and_doubles_nothing() {
         | 1;
     eprintln!("kill schedule seed {seed}");
     let mut rng = Rng(seed);
+    // Crash exactly between a warehouse commit and its acknowledgement, between the lake write
+    // and the commit, and between the commit and the lake files' publication.
+    let points = ["after-commit", "after-lake-write", "before-lake-publish"];
     for round in 0..12 {
-        if round % 4 == 1 {
-            // Crash exactly between a warehouse commit and its acknowledgement.
+        if round == 5 {
+            // A large transaction among the small ones.
+            src.batch_execute(
+                "UPDATE sales_order SET units_sold = units_sold + 1, last_updated = now() \
+                 WHERE sales_order_id % 3 = 0",
+            )
+            .await
+            .unwrap();
+        }
+        if round % 2 == 1 {
+            let point = points[(round / 2) % points.len()];
             let nth = (1 + rng.next(4)).to_string();
             let mut p = Proc::spawn(
                 &args_with_heartbeat(&src_url, &wh_url, &state, &lake),
-                &[("TOTES_CDC_FAULT", &format!("after-commit:{nth}"))],
+                &[("TOTES_CDC_FAULT", &format!("{point}:{nth}"))],
             );
             let status = p.wait(WAIT);
             assert!(!status.success());
             assert!(
-                p.stderr().contains("crashing at after-commit"),
+                p.stderr().contains(&format!("crashing at {point}")),
                 "{}",
                 p.stderr()
             );
@@ -107,6 +125,16 @@ async fn kill_9_at_random_moments_loses_and_doubles_nothing() {
         .unwrap()
         .get(0);
     assert_eq!(dead, 0);
+    // The lake too: each change in exactly one committed file, and every one there.
+    let in_lake = support::lake::assert_each_change_once(&wh, &lake).await;
+    let expected = support::lake::oracle_positions(&oracle.events());
+    let lost: Vec<_> = expected.difference(&in_lake).take(5).collect();
+    let extra: Vec<_> = in_lake.difference(&expected).take(5).collect();
+    assert!(
+        lost.is_empty() && extra.is_empty(),
+        "the lake lost {lost:?} and holds unknown {extra:?} (of {} changes)",
+        expected.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -142,4 +170,111 @@ async fn a_warehouse_restart_is_waited_out() {
         .unwrap()
         .get(0);
     assert_eq!(n, 30);
+}
+
+/// Closes `db` to new connections and ends its sessions (all but `keep`), as maintenance or a
+/// failover does; `open` takes it back.
+async fn refuse(admin: &Client, db: &str, keep: Option<i32>) {
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {db} ALLOW_CONNECTIONS false;
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+              WHERE datname = '{db}' AND pid <> pg_backend_pid() AND pid <> {};",
+            keep.unwrap_or(0)
+        ))
+        .await
+        .unwrap();
+}
+
+async fn open(admin: &Client, db: &str) {
+    admin
+        .batch_execute(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn databases_that_refuse_connections_are_waited_out_alive_and_visible() {
+    let pg = PgCluster::start();
+    let src = pg.create_db("src").await;
+    let wh = pg.create_db("wh").await;
+    let admin = pg.connect("postgres").await;
+    totesys::create(&src).await;
+    totesys::publish(&src).await;
+    let (src_url, wh_url) = (pg.url("src"), pg.url("wh"));
+    let state = support::temp_dir("refuse").to_string_lossy().into_owned();
+    let lake = format!("{state}/lake");
+    let p = Proc::spawn(&args_with_heartbeat(&src_url, &wh_url, &state, &lake), &[]);
+    let addr = metrics_addr(&p);
+    sync(&src, &wh, WAIT).await;
+    wait_ready(&addr, 200, WAIT);
+    let lag_bytes = |m: &support::scrape::Metrics| m.sum("totes_cdc_replication_lag_bytes", &[]);
+
+    // The warehouse refuses connections: the process stays up, not ready, the lag rising.
+    drop(wh);
+    refuse(&admin, "wh", None).await;
+    for n in 0..20 {
+        totesys::sale(&src, n).await;
+    }
+    let body = wait_ready(&addr, 503, WAIT);
+    assert!(body.contains("warehouse"), "{body}");
+    let first = lag_bytes(&wait_metrics(
+        &addr,
+        "lag while the warehouse refuses",
+        WAIT,
+        |m| lag_bytes(m) > 0.0,
+    ));
+    for n in 20..40 {
+        totesys::sale(&src, n).await;
+    }
+    let peak = lag_bytes(&wait_metrics(&addr, "the lag rising", WAIT, |m| {
+        lag_bytes(m) > first
+    }));
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        get(&addr, "/healthz").0,
+        200,
+        "alive while the warehouse refuses"
+    );
+    open(&admin, "wh").await;
+    wait_ready(&addr, 200, WAIT);
+    let wh = pg.connect("wh").await;
+    sync(&src, &wh, WAIT).await;
+    assert_star(&src, &wh).await;
+    wait_metrics(&addr, "the lag falling", WAIT, |m| lag_bytes(m) < peak);
+
+    // The source refuses connections (the replication one included).
+    let keep: i32 = src
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    refuse(&admin, "src", Some(keep)).await;
+    for n in 40..60 {
+        totesys::sale(&src, n).await;
+    }
+    let body = wait_ready(&addr, 503, WAIT);
+    assert!(body.contains("replication"), "{body}");
+    let lag_seconds =
+        |m: &support::scrape::Metrics| m.sum("totes_cdc_replication_lag_seconds", &[]);
+    wait_metrics(&addr, "the lag in seconds rising", WAIT, |m| {
+        lag_seconds(m) > 2.0
+    });
+    assert_eq!(
+        get(&addr, "/healthz").0,
+        200,
+        "alive while the source refuses"
+    );
+    open(&admin, "src").await;
+    wait_ready(&addr, 200, WAIT);
+    sync(&src, &wh, WAIT).await;
+    assert_star(&src, &wh).await;
+    let n: i64 = wh
+        .query_one("SELECT count(*) FROM fact_sales_order", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 60, "every sale landed once");
+    support::lake::assert_each_change_once(&wh, &lake).await;
+    drop(p);
 }

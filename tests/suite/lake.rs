@@ -1,7 +1,8 @@
 //! The Parquet lake: every event with exact types, read back by DuckDB (not our reader) and
-//! compared with the source; exactly the committed files; a crash between the lake write and
-//! the warehouse commit rewrites the same files byte for byte; S3 through the real SDK against
-//! moto, and a missing bucket stops with the fix.
+//! compared with the source; exactly the committed files; crashes between the lake write and
+//! the warehouse commit, and between the commit and the files' publication, leave nothing
+//! uncommitted in sight; S3 through the real SDK against moto, and a missing bucket stops with
+//! the fix.
 
 use crate::support;
 
@@ -223,6 +224,7 @@ async fn the_disk_lake_holds_every_event_with_exact_types() {
     assert_star(&src, &wh).await;
 
     // Exactly the committed files are in the lake.
+    support::lake::wait_settled(&wh).await;
     let files = manifest(&wh).await;
     let listed: BTreeSet<String> = files.iter().map(|f| f.0.clone()).collect();
     assert_eq!(
@@ -231,7 +233,7 @@ async fn the_disk_lake_holds_every_event_with_exact_types() {
         "lake files = manifest"
     );
     let pending: i64 = wh
-        .query_one("SELECT count(*) FROM totes_cdc.lake_pending", &[])
+        .query_one("SELECT count(*) FROM totes_cdc.lake_staged", &[])
         .await
         .unwrap()
         .get(0);
@@ -370,7 +372,7 @@ async fn the_disk_lake_holds_every_event_with_exact_types() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_crash_between_lake_write_and_commit_rewrites_the_same_files() {
+async fn crashes_around_the_commit_leave_only_committed_files_in_sight() {
     let pg = PgCluster::start();
     let src = pg.create_db("src").await;
     let wh = pg.create_db("wh").await;
@@ -381,73 +383,82 @@ async fn a_crash_between_lake_write_and_commit_rewrites_the_same_files() {
         .into_owned();
     let lake = format!("{state}/lake");
     let (src_url, wh_url) = (pg.url("src"), pg.url("wh"));
-    // The snapshot's batch commits (1st lake write), the next one crashes before its commit.
+    let staged = |committed: bool| {
+        let wh = &wh;
+        async move {
+            wh.query(
+                "SELECT path FROM totes_cdc.lake_staged WHERE committed = $1",
+                &[&committed],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<BTreeSet<String>>()
+        }
+    };
+    // The snapshot's batch commits, the next one crashes between its lake write and its commit.
     let mut p = Proc::spawn(
         &run_args(&src_url, &wh_url, &state, &lake),
         &[("TOTES_CDC_FAULT", "after-lake-write:2")],
     );
     std::thread::sleep(Duration::from_secs(2));
     totesys::bundles_and_edits(&src, 0, 10).await;
-    let status = p.wait(WAIT);
-    assert!(!status.success());
+    assert!(!p.wait(WAIT).success());
     assert!(
         p.stderr().contains("crashing at after-lake-write"),
         "{}",
         p.stderr()
     );
-    let pending: Vec<String> = wh
-        .query("SELECT path FROM totes_cdc.lake_pending ORDER BY path", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
     assert!(
-        !pending.is_empty(),
-        "the crash left the batch's files pending"
+        !staged(false).await.is_empty(),
+        "the crash left staged files"
     );
-    let written: BTreeMap<String, Vec<u8>> = pending
+    assert!(files_on_disk(Path::new(&lake))
         .iter()
-        .map(|p| {
-            (
-                p.clone(),
-                std::fs::read(Path::new(&lake).join(p)).expect("orphan file"),
-            )
-        })
-        .collect();
-    let committed_before = manifest(&wh).await.len();
+        .any(|f| f.starts_with("_staging/")));
+    // A reader globbing the lake sees the committed files only.
+    let listed = support::lake::manifest_paths(&wh).await;
+    assert_eq!(support::lake::glob(&lake).files, listed);
 
+    // The next start removes them; its first batch commits and crashes before publishing.
+    let mut p = Proc::spawn(
+        &run_args(&src_url, &wh_url, &state, &lake),
+        &[("TOTES_CDC_FAULT", "before-lake-publish:1")],
+    );
+    assert!(!p.wait(WAIT).success());
+    assert!(
+        p.stderr().contains("crashing at before-lake-publish"),
+        "{}",
+        p.stderr()
+    );
+    assert!(
+        staged(false).await.is_empty(),
+        "uncommitted staged files were removed"
+    );
+    let unpublished = staged(true).await;
+    assert!(!unpublished.is_empty());
+    let listed = support::lake::manifest_paths(&wh).await;
+    let seen = support::lake::glob(&lake).files;
+    // Committed and not yet in place: nothing a reader sees is uncommitted.
+    assert!(seen.is_subset(&listed));
+    assert_eq!(
+        listed.difference(&seen).cloned().collect::<BTreeSet<_>>(),
+        unpublished
+    );
+
+    // The next start publishes them; everything lands, each change once.
     totesys::bundles_and_edits(&src, 10, 15).await;
     let _p = Proc::spawn(&run_args(&src_url, &wh_url, &state, &lake), &[]);
     sync(&src, &wh, WAIT).await;
     assert_star(&src, &wh).await;
-    // The same batch was formed again: every file rewritten with the same bytes, committed.
+    support::lake::assert_each_change_once(&wh, &lake).await;
+    assert!(files_on_disk(Path::new(&lake))
+        .iter()
+        .all(|f| !f.ends_with(".staged")));
     let files = manifest(&wh).await;
-    assert!(files.len() > committed_before);
-    for (path, bytes) in &written {
-        assert!(files.iter().any(|f| &f.0 == path), "{path} not committed");
-        let now = std::fs::read(Path::new(&lake).join(path)).unwrap();
-        assert!(now == *bytes, "{path} was rewritten differently");
-    }
-    let listed: BTreeSet<String> = files.iter().map(|f| f.0.clone()).collect();
-    assert_eq!(files_on_disk(Path::new(&lake)), listed);
     let paths: Vec<PathBuf> = files.iter().map(|f| Path::new(&lake).join(&f.0)).collect();
     let dump = duckdb_read(&paths);
-    // Every event is in exactly one file.
-    let mut seen = BTreeSet::new();
-    for (path, _, rows) in dump
-        .iter()
-        .filter(|(p, _, _)| p.starts_with(&format!("{lake}/changes")))
-    {
-        for r in rows {
-            let k = (
-                path.split('/').nth_back(2).unwrap_or("").to_string(),
-                r["_lsn"].clone(),
-                r["_seq"].clone(),
-            );
-            assert!(seen.insert(k.clone()), "event {k:?} in two files");
-        }
-    }
     for table in ["sales_order", "payment", "transaction"] {
         assert_eq!(
             fold(&dump, table).len(),
@@ -496,6 +507,7 @@ async fn the_s3_lake_works_through_the_real_sdk() {
     totesys::bundles_and_edits(&src, 10, 20).await;
     sync(&src, &wh, WAIT).await;
     assert_star(&src, &wh).await;
+    support::lake::wait_settled(&wh).await;
     let files = manifest(&wh).await;
     let mut keys = BTreeSet::new();
     let mut token = None;

@@ -13,6 +13,7 @@ mod deploy;
 mod helm;
 mod kinesis;
 mod lake;
+mod leases;
 mod make_run;
 mod metrics;
 mod replay;

@@ -235,6 +235,20 @@ const CALLS: &[(&str, &str, &str, &[&str])] = &[
         "s3:ListBucket",
         &["capture", "consume"],
     ),
+    // Publishing a staged file: CopyObject (GetObject on the staged key, PutObject on the
+    // place), and HeadObject when the staged one is gone (published before).
+    (
+        "src/lake/store.rs",
+        "copy_object",
+        "s3:PutObject",
+        &["capture", "consume"],
+    ),
+    (
+        "src/lake/store.rs",
+        "head_object",
+        "s3:GetObject",
+        &["capture", "consume"],
+    ),
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {

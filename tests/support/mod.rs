@@ -2,6 +2,7 @@
 
 pub mod compare;
 pub mod fixture;
+pub mod lake;
 pub mod moto;
 pub mod pg;
 pub mod scrape;

@@ -72,6 +72,25 @@ pub async fn record_shard_checkpoint<C: GenericClient>(
     .map(|_| ())
 }
 
+/// Whether `owner` still holds the lease of `shard` at `epoch`; the lease row stays locked
+/// (FOR SHARE) until the transaction ends, so no other replica takes it before this commit.
+pub async fn hold_lease<C: GenericClient>(
+    db: &C,
+    stream: &str,
+    shard: &str,
+    owner: &str,
+    epoch: i64,
+) -> Result<bool, Error> {
+    Ok(db
+        .query_opt(
+            "SELECT 1 FROM totes_cdc.shard_leases \
+             WHERE stream = $1 AND shard_id = $2 AND owner = $3 AND epoch = $4 FOR SHARE",
+            &[&stream, &shard, &owner, &epoch],
+        )
+        .await?
+        .is_some())
+}
+
 /// Every shard checkpoint of `stream`: shard → (last applied sequence number, ended).
 pub async fn shard_checkpoints<C: GenericClient>(
     db: &C,

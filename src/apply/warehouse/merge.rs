@@ -1,11 +1,13 @@
 //! Staging under the position guard: each key takes the batch's newest event, but only over an
 //! older position; deletes and truncates leave tombstones.
 
+use std::collections::HashSet;
+
 use tokio_postgres::Transaction;
 
 use super::session::Mirror;
 use super::ApplyError;
-use crate::event::{ChangeEvent, Datum, Op};
+use crate::event::{ChangeEvent, Datum, Lsn, Op, Position};
 use crate::pg::{quote_ident, quote_literal, PgUrl};
 
 /// Staging takes the latest event of each key, but only over an older position: a delete leaves
@@ -85,4 +87,42 @@ pub(super) async fn merge_into_staging(
     tx.batch_execute(&sql)
         .await
         .map_err(|e| err(&format!("merging into {}", m.staging), e))
+}
+
+/// The positions of the loaded batch that staging already holds, or holds something newer of
+/// the same key: events delivered again (a Kinesis record sent twice, or again after the
+/// streamer restarted, possibly through another shard after a reshard). Staging ignores them;
+/// the lake must leave them out too.
+pub(super) async fn already_applied(
+    tx: &Transaction<'_>,
+    m: &Mirror,
+    url: &PgUrl,
+) -> Result<HashSet<Position>, ApplyError> {
+    let on: Vec<String> = m
+        .key
+        .iter()
+        .map(|k| format!("b.{k} = s.{k}", k = quote_ident(k)))
+        .collect();
+    let sql = format!(
+        "SELECT b._lsn::text, b._seq FROM {batch} b JOIN {staging} s ON {on} \
+         WHERE b._op <> 't' AND (b._lsn, b._seq) <= (s._lsn, s._seq)",
+        batch = m.batch,
+        staging = m.staging,
+        on = on.join(" AND "),
+    );
+    let rows = tx.query(&sql, &[]).await.map_err(|e| {
+        ApplyError::Pg(url.query_error(
+            format!("looking for redelivered events of {}", m.staging),
+            e,
+        ))
+    })?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            Some(Position::new(
+                Lsn::parse(r.get::<_, &str>(0)).ok()?,
+                r.get(1),
+            ))
+        })
+        .collect())
 }

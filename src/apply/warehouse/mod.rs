@@ -17,6 +17,7 @@ mod star;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use thiserror::Error;
 
@@ -25,7 +26,7 @@ use crate::event::{ChangeEvent, TableSchema};
 use crate::lake::{self, LakeWriter, Store, StoreError, WriteError};
 use crate::pg::{PgError, PgUrl};
 use load::{group_by_table, load_batch_table};
-use merge::merge_into_staging;
+use merge::{already_applied, merge_into_staging};
 use phases::Phases;
 use session::Session;
 
@@ -56,6 +57,11 @@ pub enum ApplyError {
     Lake(#[from] StoreError),
     #[error("building a lake file: {0}")]
     LakeFile(String),
+    /// Another consumer took the shard's lease: this batch is not committed, and is theirs.
+    #[error(
+        "the lease of shard {shard} was taken by another consumer; its batch was not committed"
+    )]
+    Fenced { shard: String },
 }
 
 impl crate::fix::Fix for ApplyError {
@@ -70,7 +76,7 @@ impl crate::fix::Fix for ApplyError {
                 "capture them (the tables option), or set model = none".into()
             }
             ApplyError::NewerSchema { .. } => "upgrade totes-cdc".into(),
-            ApplyError::LakeFile(_) => return None,
+            ApplyError::LakeFile(_) | ApplyError::Fenced { .. } => return None,
         })
     }
 }
@@ -120,8 +126,9 @@ pub struct Warehouse {
     source_database: String,
     session: Option<Session>,
     lake: Option<LakeWriter>,
-    /// Whether the lake leaves out re-delivered events by per-table position.
-    lake_dedupe: bool,
+    /// How long the warehouse lets a batch transaction sit idle before it ends the session (a
+    /// frozen or partitioned writer then gives its locks back).
+    idle_in_transaction: Duration,
 }
 
 impl Warehouse {
@@ -140,7 +147,7 @@ impl Warehouse {
             source_database: source_database.to_string(),
             session: None,
             lake: None,
-            lake_dedupe: true,
+            idle_in_transaction: Duration::from_secs(60),
         }
     }
 
@@ -150,11 +157,10 @@ impl Warehouse {
         self
     }
 
-    /// Turns off the lake's per-table dedupe of re-delivered events (consumers resume from
-    /// their shard checkpoints instead, and shards interleave a table's positions), whether the
-    /// lake is given before or after.
-    pub fn without_lake_dedupe(mut self) -> Self {
-        self.lake_dedupe = false;
+    /// Sets how long a batch transaction may sit idle (waiting on the lake) before the warehouse
+    /// ends the session.
+    pub fn with_idle_in_transaction_timeout(mut self, d: Duration) -> Self {
+        self.idle_in_transaction = d;
         self
     }
 
@@ -181,8 +187,15 @@ impl Warehouse {
             Some(s) => s,
             None => {
                 let s = session::open(&self.url, self.model, &self.schema).await?;
+                s.client
+                    .batch_execute(&format!(
+                        "SET idle_in_transaction_session_timeout = {}",
+                        self.idle_in_transaction.as_millis().max(1)
+                    ))
+                    .await
+                    .map_err(|e| ApplyError::Pg(self.url.query_error("setting the session", e)))?;
                 if let Some(lake) = &mut self.lake {
-                    lake.recover(&s.client, &self.checkpoint).await?;
+                    lake.recover(&s.client, &self.checkpoint, true).await?;
                 }
                 s
             }
@@ -193,12 +206,6 @@ impl Warehouse {
     /// Connects and recovers the lake.
     pub async fn prepare(&mut self) -> Result<(), ApplyError> {
         self.session().await.map(|_| ())
-    }
-
-    /// The size of a batch to form again (the one whose lake files a crash left uncommitted),
-    /// once after `prepare`.
-    pub fn take_batch_to_form_again(&mut self) -> Option<usize> {
-        self.lake.as_mut()?.take_batch_to_form_again()
     }
 
     /// A source table's shape as its staging mirror has it (for decoding envelopes): the
@@ -215,17 +222,19 @@ impl Warehouse {
             .map(|m| m.table_schema(schema, table)))
     }
 
-    /// Whether the lake already holds this (streamed) event in a committed file.
+    /// Whether the lake already holds this event the pipeline's slot redelivered (after a
+    /// restart) in a committed file; such events were committed with it.
     pub fn already_committed(&self, ev: &ChangeEvent) -> bool {
-        self.lake_dedupe && self.lake.as_ref().is_some_and(|l| l.already_committed(ev))
+        self.lake.as_ref().is_some_and(|l| l.already_committed(ev))
     }
 
-    /// A consumer that takes over a shard removes the files its previous owner wrote for a
-    /// batch that did not commit (the records are read again from the shard checkpoint).
+    /// A consumer that takes over a shard settles what its previous owner left in the lake:
+    /// committed files published, uncommitted ones removed (their records are read again from
+    /// the shard checkpoint).
     pub async fn recover_shard_lake(&mut self, shard: &str) -> Result<(), ApplyError> {
         self.session().await?;
         if let (Some(session), Some(lake)) = (&self.session, &mut self.lake) {
-            lake.remove_uncommitted(&session.client, &shard_writer(shard))
+            lake.recover(&session.client, &shard_writer(shard), false)
                 .await?;
         }
         Ok(())
@@ -234,12 +243,23 @@ impl Warehouse {
     /// Applies one batch in one transaction. Applying the same batch again changes nothing.
     pub async fn apply(&mut self, batch: &Batch) -> Result<Applied, ApplyError> {
         self.session().await?;
-        // Streamed events already in committed lake files were committed with them: a restart
-        // re-delivers from the confirmed position, which may lag the warehouse.
+        if let Some(lake) = &mut self.lake {
+            lake.settle().await?;
+        }
+        let writer = batch
+            .shard
+            .as_ref()
+            .map_or_else(|| self.checkpoint.clone(), |s| shard_writer(&s.shard));
+        // Events already in the pipeline's committed lake files were committed with them: a
+        // restart redelivers from the confirmed position, which may lag the warehouse. (A
+        // shard's redeliveries are found in the transaction: its order is per key, not per
+        // table.) An event twice in one batch counts once.
+        let mut seen = std::collections::HashSet::new();
         let events: Vec<ChangeEvent> = batch
             .events
             .iter()
-            .filter(|e| !self.already_committed(e))
+            .filter(|e| batch.shard.is_some() || !self.already_committed(e))
+            .filter(|e| seen.insert((e.table.qualified_name(), e.position)))
             .cloned()
             .collect();
         let skipped = batch.events.len() - events.len();
@@ -251,18 +271,63 @@ impl Warehouse {
         }
         // Where a batch spends its time, for `--log totes_cdc::apply=debug`.
         let mut phases = Phases::start();
-        let writer = batch
-            .shard
-            .as_ref()
-            .map_or_else(|| self.checkpoint.clone(), |s| shard_writer(&s.shard));
-        let write_lake = self.lake.is_some() && !events.is_empty();
-        let mut files = if write_lake {
-            lake::changes_files(&events).map_err(ApplyError::LakeFile)?
-        } else {
-            Vec::new()
+        let mut lake_files = match (&self.lake, events.is_empty()) {
+            (Some(_), false) => lake::changes_files(&events).map_err(ApplyError::LakeFile)?,
+            _ => Vec::new(),
         };
         phases.mark("lake_encode");
-        let groups = group_by_table(&events);
+        let mut staged = Vec::new();
+        let done = self
+            .transact(
+                batch,
+                &events,
+                &writer,
+                &mut lake_files,
+                &mut staged,
+                &mut phases,
+            )
+            .await;
+        let Some(lake) = &mut self.lake else {
+            return done;
+        };
+        let mut applied = match done {
+            Ok(applied) => applied,
+            Err(e) => {
+                lake.abandon(staged);
+                // A fenced batch is not retried: remove its files now rather than before a
+                // next batch that may never come.
+                if matches!(e, ApplyError::Fenced { .. }) {
+                    if let Err(s) = lake.settle().await {
+                        tracing::warn!("removing a fenced batch's staged lake files failed (retried before the next batch): {s}");
+                    }
+                }
+                return Err(e);
+            }
+        };
+        applied.skipped = skipped;
+        // Committed: a failure to publish is retried before the next batch, which waits for it.
+        if let Err(e) = lake.committed(&lake_files, staged, &writer).await {
+            tracing::warn!(
+                "publishing the batch's lake files failed (retried before the next batch): {e}"
+            );
+        }
+        phases.mark("lake_publish");
+        tracing::debug!(events = events.len(), phases = %phases, "batch phases");
+        Ok(applied)
+    }
+
+    /// The batch's transaction: staging, star, the lake's files staged and recorded, dead
+    /// letters and checkpoints, commit.
+    async fn transact(
+        &mut self,
+        batch: &Batch,
+        events: &[ChangeEvent],
+        writer: &str,
+        files: &mut Vec<lake::LakeFile>,
+        staged: &mut Vec<lake::writer::Staged>,
+        phases: &mut Phases,
+    ) -> Result<Applied, ApplyError> {
+        let groups = group_by_table(events);
         let url = &self.url;
         let err = |ctx: &str, e| ApplyError::Pg(url.query_error(ctx, e));
         let session = self
@@ -276,9 +341,12 @@ impl Warehouse {
             .map_err(|e| err("starting the batch transaction", e))?;
         let mut applied = Applied {
             events: events.len(),
-            skipped,
             ..Default::default()
         };
+        // Kinesis may deliver an event twice, through different shards after a reshard; the
+        // embedded pipeline's redeliveries are left out before (by position).
+        let redelivered_possible = batch.shard.is_some() && !files.is_empty();
+        let mut redelivered = std::collections::HashSet::new();
         for (name, events) in &groups {
             let t = &events[0].table;
             let mirror = session
@@ -290,17 +358,43 @@ impl Warehouse {
             applied.per_table.insert(name.clone(), events.len());
             let dead = load_batch_table(&tx, mirror, events, &self.source_database, url).await?;
             applied.count_dead(DeadLetterKind::RefusedValue, dead);
+            if redelivered_possible {
+                redelivered.extend(already_applied(&tx, mirror, url).await?);
+            }
             merge_into_staging(&tx, mirror, events, url).await?;
         }
+        if !redelivered.is_empty() && !files.is_empty() {
+            // The lake holds each change once: rebuild the changes files without them.
+            let fresh: Vec<ChangeEvent> = events
+                .iter()
+                .filter(|e| !redelivered.contains(&e.position))
+                .cloned()
+                .collect();
+            *files = lake::changes_files(&fresh).map_err(ApplyError::LakeFile)?;
+            tracing::debug!(
+                events = redelivered.len(),
+                "events delivered again left out of the lake"
+            );
+        }
         phases.mark("staging");
+        // The changes files upload before the star refresh takes its lock (shared by every
+        // consumer): only the star's own files are written while it is held.
+        let write_lake = self.lake.is_some() && !files.is_empty();
+        if let (Some(lake), true) = (&mut self.lake, write_lake) {
+            staged.extend(lake.stage(files, writer).await?);
+            phases.mark("lake_write");
+        }
         if self.model == Model::Totesys && !events.is_empty() {
             star::refresh(&tx, &self.schema, url).await?;
         }
         phases.mark("star");
         if let (Some(lake), true) = (&mut self.lake, write_lake) {
-            files.extend(star::processed_files(&tx, &session.star_columns, &events, url).await?);
+            let processed = star::processed_files(&tx, &session.star_columns, events, url).await?;
             phases.mark("lake_encode");
-            lake.write(&tx, &files, events.len(), &writer).await?;
+            staged.extend(lake.stage(&processed, writer).await?);
+            files.extend(processed);
+            crate::fault::point(crate::fault::Point::AfterLakeWrite);
+            lake.record(&tx, files, staged, writer).await?;
             phases.mark("lake_write");
             applied.lake_files = files.len();
             applied.lake_bytes = files.iter().map(|f| f.data.len()).sum();
@@ -335,15 +429,23 @@ impl Warehouse {
                 .await
                 .map_err(|e| err("recording the checkpoint", e))?;
         }
+        // Last before the commit: the lease is still this batch's (a former owner's late
+        // commit changes nothing).
+        if let Some(sp) = &batch.shard {
+            let held = bookkeeping::hold_lease(&tx, &sp.stream, &sp.shard, &sp.owner, sp.epoch)
+                .await
+                .map_err(|e| err("checking the shard lease", e))?;
+            if !held {
+                return Err(ApplyError::Fenced {
+                    shard: sp.shard.clone(),
+                });
+            }
+        }
         phases.mark("checkpoint");
         tx.commit()
             .await
             .map_err(|e| err("committing the batch", e))?;
         phases.mark("commit");
-        tracing::debug!(events = events.len(), phases = %phases, "batch phases");
-        if let (Some(lake), Some(session)) = (&mut self.lake, &self.session) {
-            lake.committed(&session.client, &files).await?;
-        }
         Ok(applied)
     }
 }

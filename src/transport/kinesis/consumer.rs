@@ -161,7 +161,12 @@ pub async fn run(
         health: health.clone(),
         in_flight: None,
     };
-    crate::apply::drive(&mut source, &mut wh, &stats, &health).await
+    let driven = crate::apply::drive(&mut source, &mut wh, &stats, &health).await;
+    // A graceful stop hands the shards over at once.
+    if let Err(e) = source.leases.release_all().await {
+        tracing::warn!("giving the shard leases back failed (they expire instead): {e}");
+    }
+    driven
 }
 
 /// The shards this replica holds, read in turn.
@@ -193,9 +198,15 @@ impl BatchSource for Shards {
             if *self.shutdown.borrow() {
                 return Ok(None);
             }
-            if !self.leases.alive() && !self.readers.is_empty() {
-                self.readers.clear();
-            }
+            // Leases lost (not renewed in time, or taken by another replica): stop reading.
+            let held = self.leases.held();
+            self.readers.retain(|shard, _| {
+                let keep = held.contains_key(shard);
+                if !keep {
+                    tracing::info!(%shard, "no longer reading the shard: its lease was lost");
+                }
+                keep
+            });
             if self
                 .last_balance
                 .is_none_or(|t| t.elapsed() > Duration::from_secs(2))
@@ -277,15 +288,31 @@ impl BatchSource for Shards {
                     Err(reject) => batch.rejects.push(reject),
                 }
             }
+            // The lease may have passed since the pass began: then the shard is not ours.
+            let Some(epoch) = self.leases.epoch(&shard) else {
+                self.readers.remove(&shard);
+                continue;
+            };
             batch.shard = Some(ShardPosition {
                 stream: self.cfg.stream.clone(),
                 shard: shard.clone(),
                 sequence_number: page.last_sequence_number(),
                 ended: page.ended,
+                owner: self.leases.owner().to_string(),
+                epoch,
             });
             self.in_flight = Some((shard, page));
             return Ok(Some(batch));
         }
+    }
+
+    async fn fenced(&mut self, _batch: &Batch) -> Result<(), ConsumeError> {
+        if let Some((shard, _)) = self.in_flight.take() {
+            self.readers.remove(&shard);
+            self.leases.forget(&shard);
+            crate::metrics::get().lease_changes_total.inc();
+        }
+        Ok(())
     }
 
     async fn committed(&mut self, _batch: &Batch) -> Result<(), ConsumeError> {
@@ -339,7 +366,7 @@ impl Shards {
         let eligible = eligible_shards(&shards, &cps);
         let fair = eligible.len().div_ceil(live as usize);
         // Give back what ended or is more than the fair share.
-        let held: Vec<String> = self.leases.held().iter().cloned().collect();
+        let held: Vec<String> = self.leases.held().into_keys().collect();
         for id in &held {
             let still = eligible.iter().any(|s| &s.id == id);
             if !still || self.leases.held().len() > fair {
@@ -353,12 +380,12 @@ impl Shards {
             if self.leases.held().len() >= fair {
                 break;
             }
-            if self.leases.held().contains(&s.id) {
+            if self.leases.holds(&s.id) {
                 continue;
             }
-            if self.leases.try_acquire(&s.id).await? {
+            if let Some(epoch) = self.leases.try_acquire(&s.id).await? {
                 m.lease_changes_total.inc();
-                tracing::info!(shard = %s.id, "shard lease taken");
+                tracing::info!(shard = %s.id, epoch, "shard lease taken");
                 wh.recover_shard_lake(&s.id).await?;
                 let after = cps.get(&s.id).and_then(|c| c.0.clone());
                 self.readers.insert(

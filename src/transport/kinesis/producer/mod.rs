@@ -70,6 +70,9 @@ struct Rec {
     seqno: u64,
     key: String,
     data: Bytes,
+    /// The event's share of the channel's byte budget, given back only when the record is
+    /// acknowledged: records waiting for a retry count against `channel-max-bytes` too.
+    budget: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// One entry's answer: where Kinesis stored it (shard, sequence number), or its error code.
@@ -122,6 +125,7 @@ async fn record_of(
         seqno,
         key,
         data: Bytes::from(data),
+        budget: None,
     })
 }
 
@@ -276,20 +280,22 @@ pub async fn run(
         }
         tokio::select! {
             item = rx.recv(), if can_take => { match item {
-                Some(item) => {
+                Some(mut item) => {
                     last_seen = item.seqno;
                     if let ItemKind::Change(ev) = &item.kind {
-                        let rec = record_of(ev, item.seqno, &cfg, &stats).await?;
+                        let mut rec = record_of(ev, item.seqno, &cfg, &stats).await?;
+                        rec.budget = item.permit.take();
                         outstanding.insert(item.seqno);
                         pending.push_back(rec);
                     }
                     // Take what is queued without waiting, up to a full request.
                     while pending.len() < cfg.max_pending.max(1) {
                         match rx.try_recv() {
-                            Ok(item) => {
+                            Ok(mut item) => {
                                 last_seen = item.seqno;
                                 if let ItemKind::Change(ev) = &item.kind {
-                                    let rec = record_of(ev, item.seqno, &cfg, &stats).await?;
+                                    let mut rec = record_of(ev, item.seqno, &cfg, &stats).await?;
+                                    rec.budget = item.permit.take();
                                     outstanding.insert(item.seqno);
                                     pending.push_back(rec);
                                 }

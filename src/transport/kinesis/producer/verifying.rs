@@ -91,6 +91,7 @@ mod tests {
             seqno,
             key: format!("k{seqno}"),
             data: Bytes::from_static(b"{}"),
+            budget: None,
         }
     }
 

@@ -1,7 +1,7 @@
 # totes-cdc — the two commands a newcomer needs are `make run` and `make test`.
 CARGO ?= cargo
 
-.PHONY: run test build lint bench deps clean
+.PHONY: run test build lint bench fuzz deps clean
 
 ## run: the whole pipeline on a laptop, on generated totesys data (Ctrl-C stops it)
 run: deps
@@ -15,6 +15,11 @@ test: deps
 ## build: the release binary (target/release/totes-cdc)
 build:
 	$(CARGO) build --release --bin totes-cdc
+
+## fuzz: the decoders of untrusted bytes (pgoutput, envelopes, COPY rows, lake files) under
+## twenty times the mutated cases of `make test`
+fuzz:
+	TOTES_CDC_FUZZ_FACTOR=20 $(CARGO) test --features failpoints --lib mutated
 
 ## lint: formatting and clippy, warnings are errors
 lint:

@@ -73,3 +73,13 @@ pub fn mutate(samples: &[Vec<u8>], rng: &mut Rng) -> Vec<u8> {
 
 /// Cases per decoder in `cargo test`.
 pub const CASES: usize = 100_000;
+
+/// Cases per decoder in this run: `CASES`, times `TOTES_CDC_FUZZ_FACTOR` (`make fuzz`).
+pub fn cases() -> usize {
+    let factor = std::env::var("TOTES_CDC_FUZZ_FACTOR")
+        .ok()
+        .and_then(|f| f.parse::<usize>().ok())
+        .unwrap_or(1)
+        .max(1);
+    CASES.saturating_mul(factor)
+}

@@ -188,7 +188,7 @@ mod tests {
             b"a\\bb\\fc\\rd\\ve\tx\ty\tz\t\\0".to_vec(),
         ];
         let mut rng = fuzz::Rng::new(0xc0b7);
-        for _ in 0..fuzz::CASES {
+        for _ in 0..fuzz::cases() {
             let row = Bytes::from(fuzz::mutate(&samples, &mut rng));
             let _ = parse_row(&row, 5);
         }

@@ -315,7 +315,7 @@ mod tests {
             to_event(&env, table.clone()).unwrap();
         }
         let mut rng = fuzz::Rng::new(0xe7e1);
-        for _ in 0..fuzz::CASES {
+        for _ in 0..fuzz::cases() {
             if let Ok(env) = parse(&fuzz::mutate(&samples, &mut rng)) {
                 let _ = to_event(&env, table.clone());
             }

@@ -73,6 +73,29 @@ pub fn events_of(
     from: Position,
     to: Option<Position>,
 ) -> Result<Vec<ChangeEvent>, String> {
+    // The Parquet and Arrow decoders can panic on a damaged file (an offset past its buffer): a
+    // damaged file is an error that names it, not the end of the replay.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        decode_events(data, table, from, to)
+    }))
+    .unwrap_or_else(|p| {
+        let why = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into());
+        Err(format!(
+            "not a readable Parquet file: the decoder failed ({why})"
+        ))
+    })
+}
+
+fn decode_events(
+    data: Bytes,
+    table: &Arc<TableSchema>,
+    from: Position,
+    to: Option<Position>,
+) -> Result<Vec<ChangeEvent>, String> {
     let reader = ParquetRecordBatchReaderBuilder::try_new(data)
         .and_then(|b| b.build())
         .map_err(|e| format!("not a readable Parquet file: {e}"))?;
@@ -465,5 +488,71 @@ mod tests {
             parse_changes_path("processed/fact_sales_order/date=2024-11-15/a-b.parquet").is_none()
         );
         assert!(parse_changes_path("changes/public.x/date=2024-11-15/junk.parquet").is_none());
+    }
+
+    /// Replay reads lake files it did not write: mutated changes files are events or an error,
+    /// never a panic.
+    #[test]
+    fn mutated_changes_files_are_events_or_errors_never_panics() {
+        use crate::event::decode::{parse, to_event};
+        use crate::event::{Column, TableSchema};
+        use crate::fuzz;
+        let column = |name: &str, oid: u32| Column {
+            name: name.into(),
+            type_oid: oid,
+            type_mod: -1,
+            type_name: String::new(),
+            kind: ValueKind::builtin(oid).unwrap_or(ValueKind::Text),
+        };
+        let table = Arc::new(TableSchema {
+            oid: 0,
+            schema: "public".into(),
+            name: "t".into(),
+            columns: vec![
+                column("id", 23),
+                column("name", 25),
+                column("at", 1114),
+                column("tags", 1009),
+                column("data", 17),
+                column("amount", 1700),
+                column("day", 1082),
+            ],
+            key: vec![0],
+            keyless: false,
+        });
+        let envelopes = [
+            r#"{"version":1,"op":"c","source":{"database":"d","schema":"public","table":"t","lsn":"0/16B3748","seq":3,"xid":7,"commit_ts":"2024-11-15T14:40:10.188000Z"},"key":{"id":1},"before":null,"after":{"id":1,"name":"a\"b","at":"2024-11-15T14:40:10.188","tags":["x",null,"y"],"data":"AP8Q","amount":"12.50","day":"2024-02-29"}}"#,
+            r#"{"version":1,"op":"u","source":{"database":"d","schema":"public","table":"t","lsn":"0/16B3800","seq":0,"xid":8,"commit_ts":"2024-11-15T14:40:11Z"},"key":{"id":2},"before":null,"after":{"id":2,"name":null,"day":"infinity"},"unchanged_toast":["data"]}"#,
+            r#"{"version":1,"op":"d","source":{"database":"d","schema":"public","table":"t","lsn":"0/16B3900","seq":1,"xid":9,"commit_ts":"2024-11-15T14:40:12Z"},"key":{"id":3},"before":null,"after":null}"#,
+        ];
+        let events: Vec<ChangeEvent> = envelopes
+            .iter()
+            .map(|e| to_event(&parse(e.as_bytes()).unwrap(), table.clone()).unwrap())
+            .collect();
+        let samples: Vec<Vec<u8>> = [&events[..1], &events[1..], &events[..]]
+            .iter()
+            .map(|evs| crate::lake::changes_files(evs).unwrap()[0].data.to_vec())
+            .collect();
+        for s in &samples {
+            assert!(
+                !events_of(Bytes::from(s.clone()), &table, Position::default(), None)
+                    .unwrap()
+                    .is_empty()
+            );
+        }
+        // The decoders' panics are caught and answered as errors; their messages would fill
+        // the test output, so this thread's are not printed.
+        let prev = std::sync::Arc::new(std::panic::take_hook());
+        let me = std::thread::current().id();
+        std::panic::set_hook(Box::new(move |info| {
+            if std::thread::current().id() != me {
+                prev(info);
+            }
+        }));
+        let mut rng = fuzz::Rng::new(0x1a4e);
+        for _ in 0..fuzz::cases() {
+            let data = Bytes::from(fuzz::mutate(&samples, &mut rng));
+            let _ = events_of(data, &table, Position::default(), None);
+        }
     }
 }

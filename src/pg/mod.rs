@@ -97,6 +97,9 @@ impl crate::fix::Fix for PgError {
             PgError::Refused { message, .. } if message.contains("no encryption") => {
                 "the server takes only encrypted connections from here (pg_hba.conf hostssl): set sslmode=require, or verify-full with sslrootcert".into()
             }
+            PgError::Refused { message, .. } if message.contains("client certificate") => {
+                "the server authenticates by client certificate (pg_hba.conf cert or clientcert=verify-full): give sslcert and sslkey, a certificate for this user signed by a CA in the server's ssl_ca_file".into()
+            }
             PgError::Refused { .. } => {
                 "check pg_hba.conf and the role's LOGIN/CONNECT privileges".into()
             }

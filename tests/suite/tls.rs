@@ -388,3 +388,89 @@ async fn each_tls_and_authentication_problem_names_its_cause_and_fix() {
         assert_no_password(&format!("{cmd} --help"), &format!("{out}{err}"));
     }
 }
+
+/// Issue 12: a server that authenticates by client certificate alone (`cert`, i.e.
+/// clientcert=verify-full, no password): the pipeline runs with `sslcert`/`sslkey` on every
+/// connection, replication included, and each session shows the certificate; without one, or
+/// with one from another CA, setup stops with the cause and the fix.
+#[tokio::test(flavor = "multi_thread")]
+async fn client_certificates_authenticate_every_connection() {
+    let certs = TestCerts::make();
+    let pg = PgCluster::start_client_cert_only(&certs);
+    pg.connect("postgres")
+        .await
+        .batch_execute("CREATE ROLE app LOGIN SUPERUSER REPLICATION")
+        .await
+        .unwrap();
+    let src = pg.create_db("src").await;
+    let wh = pg.create_db("wh").await;
+    totesys::create(&src).await;
+    totesys::sale(&src, 1).await;
+    let tls = |cert: &std::path::Path, key: &std::path::Path| {
+        format!(
+            "sslmode=verify-full&sslrootcert={}&sslcert={}&sslkey={}",
+            certs.ca.display(),
+            cert.display(),
+            key.display()
+        )
+    };
+    let with_cert = tls(&certs.client_cert, &certs.client_key);
+    let src_url = url(&pg, "localhost", "src", &with_cert, false);
+    let wh_url = url(&pg, "localhost", "wh", &with_cert, false);
+
+    // No client certificate, or one the server's CA did not sign: stopped with the fix.
+    let e = setup_error(&url(
+        &pg,
+        "localhost",
+        "src",
+        &format!("sslmode=verify-full&sslrootcert={}", certs.ca.display()),
+        false,
+    ));
+    assert!(
+        e.contains("requires a valid client certificate")
+            && e.contains("fix: the server authenticates by client certificate")
+            && e.contains("give sslcert and sslkey"),
+        "{e}"
+    );
+    let e = setup_error(&url(
+        &pg,
+        "localhost",
+        "src",
+        &tls(&certs.stranger_cert, &certs.stranger_key),
+        false,
+    ));
+    assert!(
+        e.contains("the server refused the client certificate")
+            && e.contains("fix: give sslcert and sslkey a client certificate"),
+        "{e}"
+    );
+
+    support::setup(&src_url, &wh_url, &[]);
+    let dir = support::temp_dir("tls-cert");
+    let state = dir.join("state").to_string_lossy().into_owned();
+    let lake = dir.join("lake").to_string_lossy().into_owned();
+    let p = Proc::spawn(&support::run_args(&src_url, &wh_url, &state, &lake), &[]);
+    p.wait_log("streaming changes", WAIT);
+    for n in 2..=10 {
+        totesys::sale(&src, n).await;
+    }
+    wait_star(&src, &wh, WAIT).await;
+    assert_all_encrypted(&pg).await;
+    // Every session of app, the WAL sender's included, came with the client certificate.
+    let dns: Vec<Option<String>> = pg
+        .connect("postgres")
+        .await
+        .query(
+            "SELECT s.client_dn FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) WHERE a.usename = 'app'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        !dns.is_empty() && dns.iter().all(|d| d.as_deref() == Some("/CN=app")),
+        "{dns:?}"
+    );
+}

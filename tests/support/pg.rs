@@ -117,6 +117,28 @@ impl PgCluster {
         )
     }
 
+    /// A cluster that takes TCP connections only over TLS with a client certificate signed by
+    /// `certs`' CA whose common name is the user (`cert` authentication: clientcert=verify-full,
+    /// no password).
+    pub fn start_client_cert_only(certs: &TestCerts) -> Self {
+        let hba = "hostssl all all 127.0.0.1/32 cert\n\
+                   hostssl replication all 127.0.0.1/32 cert\n\
+                   hostnossl all all 127.0.0.1/32 reject\n\
+                   hostnossl replication all 127.0.0.1/32 reject\n\
+                   local all all trust\n\
+                   local replication all trust\n";
+        Self::start_configured(
+            &[
+                ("ssl", "on"),
+                ("ssl_cert_file", "'server.crt'"),
+                ("ssl_key_file", "'server.key'"),
+                ("ssl_ca_file", "'ca.pem'"),
+            ],
+            hba,
+            Some(certs),
+        )
+    }
+
     fn start_configured(extra: &[(&str, &str)], hba: &str, certs: Option<&TestCerts>) -> Self {
         let bin = pg_bin();
         let as_postgres = is_root();
@@ -179,6 +201,7 @@ impl PgCluster {
             for (from, to) in [
                 (&certs.server_cert, "server.crt"),
                 (&certs.server_key, "server.key"),
+                (&certs.ca, "ca.pem"),
             ] {
                 std::fs::copy(from, c.data.join(to)).expect("copy the server certificate");
             }
@@ -344,6 +367,12 @@ pub struct TestCerts {
     pub other_ca: PathBuf,
     pub server_cert: PathBuf,
     pub server_key: PathBuf,
+    /// A client certificate for the user `app`, signed by the CA, and its key.
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    /// The same name, signed by the other CA.
+    pub stranger_cert: PathBuf,
+    pub stranger_key: PathBuf,
 }
 
 impl TestCerts {
@@ -415,11 +444,49 @@ impl TestCerts {
             "-extfile",
             "server.ext",
         ]);
+        std::fs::write(
+            dir.join("client.ext"),
+            "basicConstraints = CA:FALSE\nkeyUsage = digitalSignature\nextendedKeyUsage = clientAuth\n",
+        )
+        .expect("write client.ext");
+        for (name, ca) in [("client", "ca"), ("stranger", "other_ca")] {
+            let (key, csr, crt) = (
+                format!("{name}.key"),
+                format!("{name}.csr"),
+                format!("{name}.crt"),
+            );
+            let mut args = vec!["req"];
+            args.extend(ec);
+            args.extend(["-keyout", &key, "-out", &csr, "-subj", "/CN=app"]);
+            openssl(&args);
+            let (ca_pem, ca_key) = (format!("{ca}.pem"), format!("{ca}.key"));
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                &ca_pem,
+                "-CAkey",
+                &ca_key,
+                "-CAcreateserial",
+                "-out",
+                &crt,
+                "-days",
+                "3",
+                "-extfile",
+                "client.ext",
+            ]);
+        }
         Self {
             ca: dir.join("ca.pem"),
             other_ca: dir.join("other_ca.pem"),
             server_cert: dir.join("server.crt"),
             server_key: dir.join("server.key"),
+            client_cert: dir.join("client.crt"),
+            client_key: dir.join("client.key"),
+            stranger_cert: dir.join("stranger.crt"),
+            stranger_key: dir.join("stranger.key"),
         }
     }
 }

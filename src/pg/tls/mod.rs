@@ -14,7 +14,7 @@ use std::sync::Arc;
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::{CertificateError, ClientConfig, RootCertStore};
+use rustls::{AlertDescription, CertificateError, ClientConfig, RootCertStore};
 
 pub use connector::MakeRustls;
 pub use verify::CertProblem;
@@ -291,6 +291,19 @@ fn explain_rustls(e: &rustls::Error) -> (String, String) {
             rustls::Error::InvalidCertificate(c) => (
                 format!("the server's certificate was refused ({c:?})"),
                 "check the server's certificate (validity dates, key usage) and sslrootcert".into(),
+            ),
+            // Alerts a server sends about the client's certificate (absent, from a CA it does
+            // not trust, expired, or not for this use).
+            rustls::Error::AlertReceived(
+                a @ (AlertDescription::UnknownCA
+                | AlertDescription::BadCertificate
+                | AlertDescription::CertificateUnknown
+                | AlertDescription::CertificateExpired
+                | AlertDescription::CertificateRequired
+                | AlertDescription::UnsupportedCertificate),
+            ) => (
+                format!("the server refused the client certificate ({a:?})"),
+                "give sslcert and sslkey a client certificate for this user signed by a CA in the server's ssl_ca_file (and not expired)".into(),
             ),
             rustls::Error::AlertReceived(a) => (
                 format!("the server ended the TLS handshake ({a:?})"),

@@ -123,6 +123,10 @@ CREATE TABLE IF NOT EXISTS totes_cdc.lake_staged (
     created_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS lake_staged_writer ON totes_cdc.lake_staged (writer);
+-- A file kept here rather than in the store (the star's files, written inside the batch's
+-- transaction so that no lake upload happens while it holds the star refresh's lock); it is
+-- uploaded to its place after the commit, and the row deleted.
+ALTER TABLE totes_cdc.lake_staged ADD COLUMN IF NOT EXISTS data bytea;
 
 -- Before version 3, files were written in place, listed here until their batch committed; the
 -- next start removes those that never did.

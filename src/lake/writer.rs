@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 
+use bytes::Bytes;
 use tokio_postgres::{Client, Transaction};
 
 use super::{FileKind, LakeFile, Store, StoreError};
@@ -35,6 +36,9 @@ pub enum WriteError {
 pub struct Staged {
     pub staged: String,
     pub path: String,
+    /// For a file kept in the warehouse's outbox (`lake_staged.data`) rather than the store:
+    /// its bytes, when this process has them.
+    pub data: Option<Bytes>,
 }
 
 pub struct LakeWriter {
@@ -111,6 +115,7 @@ impl LakeWriter {
             .map(|r| Staged {
                 staged: r.get(0),
                 path: r.get(1),
+                data: None,
             })
             .collect();
         if !left.is_empty() {
@@ -222,6 +227,7 @@ impl LakeWriter {
             .iter()
             .enumerate()
             .map(|(i, f)| Staged {
+                data: None,
                 staged: format!("_staging/{slug}.{}.{}.{i}.staged", self.nonce, self.batches),
                 path: f.path.clone(),
             })
@@ -252,6 +258,41 @@ impl LakeWriter {
             self.unsettled.extend(staged);
             return Err(e.into());
         }
+        Ok(staged)
+    }
+
+    /// Keeps files in the warehouse's outbox, inside the batch's transaction `tx`: no network
+    /// wait on the lake while the transaction holds the star refresh's lock. They commit (or
+    /// vanish) with the batch and are published from there.
+    pub async fn stage_in_outbox(
+        &mut self,
+        tx: &Transaction<'_>,
+        files: &[LakeFile],
+        writer: &str,
+    ) -> Result<Vec<Staged>, WriteError> {
+        if files.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.batches += 1;
+        let staged: Vec<Staged> = files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| Staged {
+                staged: format!("outbox:{}.{}.{i}", self.nonce, self.batches),
+                path: f.path.clone(),
+                data: Some(f.data.clone()),
+            })
+            .collect();
+        let names: Vec<&str> = staged.iter().map(|s| s.staged.as_str()).collect();
+        let paths: Vec<&str> = staged.iter().map(|s| s.path.as_str()).collect();
+        let data: Vec<&[u8]> = files.iter().map(|f| f.data.as_ref()).collect();
+        tx.execute(
+            "INSERT INTO totes_cdc.lake_staged (staged, path, writer, committed, data) \
+             SELECT unnest($1::text[]), unnest($2::text[]), $3, true, unnest($4::bytea[])",
+            &[&names, &paths, &writer, &data],
+        )
+        .await
+        .map_err(|e| self.err("keeping the star's lake files in the outbox", e))?;
         Ok(staged)
     }
 
@@ -331,31 +372,59 @@ impl LakeWriter {
             return Ok(());
         }
         let names: Vec<&str> = files.iter().map(|s| s.staged.as_str()).collect();
-        let committed: HashMap<String, bool> = client
+        // (committed, kept in the outbox) of each record; a file without one was settled before.
+        let state: HashMap<String, (bool, bool)> = client
             .query(
-                "SELECT staged, committed FROM totes_cdc.lake_staged WHERE staged = ANY($1::text[])",
+                "SELECT staged, committed, data IS NOT NULL FROM totes_cdc.lake_staged \
+                 WHERE staged = ANY($1::text[])",
                 &[&names],
             )
             .await
             .map_err(|e| self.err("reading the lake's staged files", e))?
             .iter()
-            .map(|r| (r.get(0), r.get(1)))
+            .map(|r| (r.get(0), (r.get(1), r.get(2))))
             .collect();
-        // A file without a record was settled before.
-        let (publish, remove): (Vec<&Staged>, Vec<&Staged>) = files
-            .iter()
-            .filter(|s| committed.contains_key(&s.staged))
-            .partition(|s| committed.get(&s.staged) == Some(&true));
+        let mut uploads = Vec::new();
+        let mut publish = Vec::new();
+        for s in files {
+            match state.get(&s.staged) {
+                Some((true, true)) => {
+                    let data = match &s.data {
+                        Some(d) => d.clone(),
+                        None => self.outbox_data(client, &s.staged).await?,
+                    };
+                    uploads.push((s, data));
+                }
+                Some((true, false)) => publish.push(s),
+                // An uncommitted outbox row cannot outlive its transaction.
+                Some((false, _)) => self.store.delete(&s.staged).await?,
+                None => {}
+            }
+        }
         futures_util::future::try_join_all(
             publish
                 .iter()
                 .map(|s| self.store.publish(&s.staged, &s.path)),
         )
         .await?;
-        for s in &remove {
-            self.store.delete(&s.staged).await?;
-        }
+        futures_util::future::try_join_all(
+            uploads
+                .into_iter()
+                .map(|(s, data)| self.store.put(&s.path, data)),
+        )
+        .await?;
         self.forget(client, files).await
+    }
+
+    async fn outbox_data(&self, client: &Client, staged: &str) -> Result<Bytes, WriteError> {
+        let row = client
+            .query_one(
+                "SELECT data FROM totes_cdc.lake_staged WHERE staged = $1",
+                &[&staged],
+            )
+            .await
+            .map_err(|e| self.err("reading a lake file from the outbox", e))?;
+        Ok(Bytes::from(row.get::<_, Vec<u8>>(0)))
     }
 
     async fn forget(&self, client: &Client, files: &[Staged]) -> Result<(), WriteError> {

@@ -378,7 +378,8 @@ impl Warehouse {
         }
         phases.mark("staging");
         // The changes files upload before the star refresh takes its lock (shared by every
-        // consumer): only the star's own files are written while it is held.
+        // consumer); the star's own files go to the outbox in this transaction and upload after
+        // the commit: no network wait on the lake while the lock is held.
         let write_lake = self.lake.is_some() && !files.is_empty();
         if let (Some(lake), true) = (&mut self.lake, write_lake) {
             staged.extend(lake.stage(files, writer).await?);
@@ -391,7 +392,7 @@ impl Warehouse {
         if let (Some(lake), true) = (&mut self.lake, write_lake) {
             let processed = star::processed_files(&tx, &session.star_columns, events, url).await?;
             phases.mark("lake_encode");
-            staged.extend(lake.stage(&processed, writer).await?);
+            staged.extend(lake.stage_in_outbox(&tx, &processed, writer).await?);
             files.extend(processed);
             crate::fault::point(crate::fault::Point::AfterLakeWrite);
             lake.record(&tx, files, staged, writer).await?;

@@ -191,7 +191,10 @@ async fn end_to_end(pg: &PgCluster) -> String {
 async fn main() {
     let pg = PgCluster::start_with(&[("max_wal_size", "'4GB'"), ("checkpoint_timeout", "'30min'")]);
     let mut report = apply_alone(&pg).await;
-    report.push_str(&end_to_end(&pg).await);
+    // `TOTES_CDC_BENCH_ONLY=apply-alone`: the apply-alone measurement only (for A/B runs).
+    if std::env::var("TOTES_CDC_BENCH_ONLY").as_deref() != Ok("apply-alone") {
+        report.push_str(&end_to_end(&pg).await);
+    }
     println!("{report}");
     if std::env::args().any(|a| a == "--write") {
         common::write_section(

@@ -123,16 +123,30 @@ fn url_option(
     what: &'static str,
 ) -> anyhow::Result<Option<crate::pg::PgUrl>> {
     let read = |path: &std::path::Path, which: &str| {
-        std::fs::read_to_string(path)
+        let text = std::fs::read_to_string(path)
             .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
             .map_err(|e| {
                 anyhow::anyhow!(
                     "{what}: cannot read the {which} file {}: {e}",
                     path.display()
                 )
-            })
+            })?;
+        // An empty file (a secret not filled in, or caught mid-write) must not mean the
+        // defaults (localhost as the current user).
+        if text.trim().is_empty() {
+            anyhow::bail!(
+                "{what}: the {which} file {} is empty: put the {which} in it",
+                path.display()
+            );
+        }
+        Ok::<_, anyhow::Error>(text)
     };
     let raw = match (inline, file) {
+        (Some(url), _) if url.trim().is_empty() => {
+            anyhow::bail!(
+                "{what} is empty: give the database's URL, postgres://user@host:port/database"
+            )
+        }
         (Some(url), _) => url.clone(),
         (None, Some(path)) => read(path, "URL")?,
         (None, None) => return Ok(None),

@@ -299,8 +299,9 @@ fn pod_env(
     for e in c["env"].as_array().unwrap() {
         let name = e["name"].as_str().unwrap().to_string();
         let value = if let Some(key) = e["value"].as_str().and_then(|v| v.strip_prefix(URLS)) {
-            // The mounted Secret: its key as a file of this pod's own.
-            let dir = format!("{state}-urls");
+            // The mounted Secret: its key as a file of this pod's own (pods start side by side:
+            // one must not read a file another is writing).
+            let dir = format!("{state}-{pod}-urls");
             std::fs::create_dir_all(&dir).unwrap();
             let file = format!("{dir}/{key}");
             std::fs::write(&file, &secret[key]).unwrap();

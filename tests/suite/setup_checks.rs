@@ -82,6 +82,22 @@ async fn each_bad_input_names_its_cause_and_fix() {
         line.contains("cannot reach source-url") && line.contains("server is running"),
         "{line}"
     );
+    // An empty URL, or an empty URL file (a secret not filled in): never the defaults.
+    let (ok, _, err) = setup("");
+    assert!(!ok);
+    assert!(error_line(&err).contains("source-url is empty"), "{err}");
+    let empty = support::temp_dir("empty-url").join("source-url");
+    std::fs::write(&empty, "\n").unwrap();
+    let (status, _, err) = support::run(
+        &["setup", "--source-url-file", &empty.to_string_lossy()],
+        &[],
+    );
+    assert!(!status.success());
+    let line = error_line(&err);
+    assert!(
+        line.contains("the URL file") && line.contains("is empty"),
+        "{line}"
+    );
     // Wrong password.
     let (ok, _, err) = setup(&pg.url_as("secure", "wrong", "bad"));
     assert!(!ok);

@@ -83,3 +83,32 @@ pub fn cases() -> usize {
         .max(1);
     CASES.saturating_mul(factor)
 }
+
+/// A table of the types the decoders' samples use (`public.t`: id, name, at, tags, data,
+/// amount, day), keyed by `id`.
+pub fn sample_table() -> std::sync::Arc<crate::event::TableSchema> {
+    use crate::event::{Column, TableSchema, ValueKind};
+    let column = |name: &str, oid: u32| Column {
+        name: name.into(),
+        type_oid: oid,
+        type_mod: -1,
+        type_name: String::new(),
+        kind: ValueKind::builtin(oid).unwrap_or(ValueKind::Text),
+    };
+    std::sync::Arc::new(TableSchema {
+        oid: 0,
+        schema: "public".into(),
+        name: "t".into(),
+        columns: vec![
+            column("id", 23),
+            column("name", 25),
+            column("at", 1114),
+            column("tags", 1009),
+            column("data", 17),
+            column("amount", 1700),
+            column("day", 1082),
+        ],
+        key: vec![0],
+        keyless: false,
+    })
+}

@@ -278,30 +278,8 @@ mod tests {
 
     #[test]
     fn mutated_envelopes_are_values_or_errors_never_panics() {
-        use crate::event::{Column, TableSchema};
         use crate::fuzz;
-        let column = |name: &str, oid: u32| Column {
-            name: name.into(),
-            type_oid: oid,
-            type_mod: -1,
-            type_name: String::new(),
-            kind: ValueKind::builtin(oid).unwrap_or(ValueKind::Text),
-        };
-        let table = Arc::new(TableSchema {
-            oid: 0,
-            schema: "public".into(),
-            name: "t".into(),
-            columns: vec![
-                column("id", 23),
-                column("name", 25),
-                column("at", 1114),
-                column("tags", 1009),
-                column("data", 17),
-                column("amount", 1700),
-            ],
-            key: vec![0],
-            keyless: false,
-        });
+        let table = fuzz::sample_table();
         let samples: Vec<Vec<u8>> = [
             r#"{"version":1,"op":"c","source":{"database":"d","schema":"public","table":"t","lsn":"0/16B3748","seq":3,"xid":7,"commit_ts":"2024-11-15T14:40:10.188000Z"},"key":{"id":1},"before":null,"after":{"id":1,"name":"a\"b","at":"2024-11-15T14:40:10.188","tags":["x",null,"y"],"data":"AP8Q","amount":"12.50"}}"#,
             r#"{"version":1,"op":"u","source":{"database":"d","schema":"public","table":"t","lsn":"0/1","seq":0,"xid":null,"commit_ts":"1970-01-01T00:00:00Z"},"key":{"id":2},"before":{"id":2},"after":{"id":2,"name":null},"unchanged_toast":["data"]}"#,

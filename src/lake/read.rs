@@ -518,31 +518,8 @@ mod tests {
     #[test]
     fn mutated_changes_files_are_events_or_errors_never_panics() {
         use crate::event::decode::{parse, to_event};
-        use crate::event::{Column, TableSchema};
         use crate::fuzz;
-        let column = |name: &str, oid: u32| Column {
-            name: name.into(),
-            type_oid: oid,
-            type_mod: -1,
-            type_name: String::new(),
-            kind: ValueKind::builtin(oid).unwrap_or(ValueKind::Text),
-        };
-        let table = Arc::new(TableSchema {
-            oid: 0,
-            schema: "public".into(),
-            name: "t".into(),
-            columns: vec![
-                column("id", 23),
-                column("name", 25),
-                column("at", 1114),
-                column("tags", 1009),
-                column("data", 17),
-                column("amount", 1700),
-                column("day", 1082),
-            ],
-            key: vec![0],
-            keyless: false,
-        });
+        let table = fuzz::sample_table();
         let envelopes = [
             r#"{"version":1,"op":"c","source":{"database":"d","schema":"public","table":"t","lsn":"0/16B3748","seq":3,"xid":7,"commit_ts":"2024-11-15T14:40:10.188000Z"},"key":{"id":1},"before":null,"after":{"id":1,"name":"a\"b","at":"2024-11-15T14:40:10.188","tags":["x",null,"y"],"data":"AP8Q","amount":"12.50","day":"2024-02-29"}}"#,
             r#"{"version":1,"op":"u","source":{"database":"d","schema":"public","table":"t","lsn":"0/16B3800","seq":0,"xid":8,"commit_ts":"2024-11-15T14:40:11Z"},"key":{"id":2},"before":null,"after":{"id":2,"name":null,"day":"infinity"},"unchanged_toast":["data"]}"#,

@@ -132,3 +132,10 @@ pub async fn wait_settled(wh: &Client) {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// The lake's promise against an independent capture (`stream --sink stdout`): each change it
+/// saw stands in exactly one committed file, nothing else does, and a glob sees nothing more.
+pub async fn assert_holds_what_the_oracle_saw(wh: &Client, lake: &str, oracle: &[Value]) {
+    let in_lake = assert_each_change_once(wh, lake).await;
+    super::assert_same_sets("the lake's changes", &oracle_positions(oracle), &in_lake);
+}

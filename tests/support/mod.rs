@@ -359,3 +359,18 @@ pub fn error_report(stderr: &str) -> String {
     );
     lines[at..].join("\n")
 }
+
+/// Two sets that must be equal: on a difference, a few of what is missing and what is extra.
+pub fn assert_same_sets<T: Ord + std::fmt::Debug>(
+    what: &str,
+    expected: &std::collections::BTreeSet<T>,
+    actual: &std::collections::BTreeSet<T>,
+) {
+    let lost: Vec<_> = expected.difference(actual).take(5).collect();
+    let extra: Vec<_> = actual.difference(expected).take(5).collect();
+    assert!(
+        lost.is_empty() && extra.is_empty(),
+        "{what}: lost {lost:?}, extra {extra:?} (of {} expected)",
+        expected.len()
+    );
+}

@@ -139,7 +139,7 @@ impl TlsOptions {
         if self.mode == SslMode::Disable {
             return Ok(None);
         }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut roots = RootCertStore::empty();
         match self.root_file()? {
             Some(path) => {

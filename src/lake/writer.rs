@@ -36,8 +36,9 @@ pub enum WriteError {
 pub struct Staged {
     pub staged: String,
     pub path: String,
-    /// For a file kept in the warehouse's outbox (`lake_staged.data`) rather than the store:
-    /// its bytes, when this process has them.
+    /// Kept in the warehouse's outbox (`lake_staged.data`) rather than the store.
+    pub outbox: bool,
+    /// An outbox file's bytes, when this process has them.
     pub data: Option<Bytes>,
 }
 
@@ -106,7 +107,7 @@ impl LakeWriter {
         self.remove_legacy_pending(client, writer).await?;
         let left: Vec<Staged> = client
             .query(
-                "SELECT staged, path FROM totes_cdc.lake_staged WHERE writer = $1",
+                "SELECT staged, path, data IS NOT NULL FROM totes_cdc.lake_staged WHERE writer = $1",
                 &[&writer],
             )
             .await
@@ -115,6 +116,7 @@ impl LakeWriter {
             .map(|r| Staged {
                 staged: r.get(0),
                 path: r.get(1),
+                outbox: r.get(2),
                 data: None,
             })
             .collect();
@@ -227,6 +229,7 @@ impl LakeWriter {
             .iter()
             .enumerate()
             .map(|(i, f)| Staged {
+                outbox: false,
                 data: None,
                 staged: format!("_staging/{slug}.{}.{}.{i}.staged", self.nonce, self.batches),
                 path: f.path.clone(),
@@ -280,6 +283,7 @@ impl LakeWriter {
             .map(|(i, f)| Staged {
                 staged: format!("outbox:{}.{}.{i}", self.nonce, self.batches),
                 path: f.path.clone(),
+                outbox: true,
                 data: Some(f.data.clone()),
             })
             .collect();
@@ -361,8 +365,19 @@ impl LakeWriter {
             *hwm = (*hwm).max(f.last);
         }
         crate::fault::point(crate::fault::Point::BeforeLakePublish);
-        self.unsettled.extend(staged);
-        self.settle().await
+        // Known to be committed: published without asking the manifest again. What fails is
+        // settled (asking it) before the next batch.
+        let done = match self.control().await {
+            Ok(_) => match &self.control {
+                Some(client) => self.publish(client, &staged).await,
+                None => Ok(()),
+            },
+            Err(e) => Err(e),
+        };
+        if done.is_err() {
+            self.unsettled.extend(staged);
+        }
+        done
     }
 
     /// Publishes the staged files whose batch committed and removes the others (file first,
@@ -372,43 +387,53 @@ impl LakeWriter {
             return Ok(());
         }
         let names: Vec<&str> = files.iter().map(|s| s.staged.as_str()).collect();
-        // (committed, kept in the outbox) of each record; a file without one was settled before.
-        let state: HashMap<String, (bool, bool)> = client
+        // A file without a record was settled before.
+        let committed: HashMap<String, bool> = client
             .query(
-                "SELECT staged, committed, data IS NOT NULL FROM totes_cdc.lake_staged \
-                 WHERE staged = ANY($1::text[])",
+                "SELECT staged, committed FROM totes_cdc.lake_staged WHERE staged = ANY($1::text[])",
                 &[&names],
             )
             .await
             .map_err(|e| self.err("reading the lake's staged files", e))?
             .iter()
-            .map(|r| (r.get(0), (r.get(1), r.get(2))))
+            .map(|r| (r.get(0), r.get(1)))
             .collect();
-        let mut uploads = Vec::new();
         let mut publish = Vec::new();
         for s in files {
-            match state.get(&s.staged) {
-                Some((true, true)) => {
-                    let data = match &s.data {
-                        Some(d) => d.clone(),
-                        None => self.outbox_data(client, &s.staged).await?,
-                    };
-                    uploads.push((s, data));
-                }
-                Some((true, false)) => publish.push(s),
-                // An uncommitted outbox row cannot outlive its transaction.
-                Some((false, _)) => self.store.delete(&s.staged).await?,
+            match committed.get(&s.staged) {
+                Some(true) => publish.push(s.clone()),
+                // (An uncommitted outbox row cannot outlive its transaction.)
+                Some(false) => self.store.delete(&s.staged).await?,
                 None => {}
             }
         }
+        self.publish(client, &publish).await?;
+        self.forget(client, files).await
+    }
+
+    /// Puts committed files in their place: a staged file moved, an outbox file uploaded from
+    /// its bytes (read back when this process does not have them); then forgets their records.
+    async fn publish(&self, client: &Client, files: &[Staged]) -> Result<(), WriteError> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        let mut outbox = Vec::new();
+        for s in files.iter().filter(|s| s.outbox) {
+            let data = match &s.data {
+                Some(d) => d.clone(),
+                None => self.outbox_data(client, &s.staged).await?,
+            };
+            outbox.push((s, data));
+        }
         futures_util::future::try_join_all(
-            publish
+            files
                 .iter()
+                .filter(|s| !s.outbox)
                 .map(|s| self.store.publish(&s.staged, &s.path)),
         )
         .await?;
         futures_util::future::try_join_all(
-            uploads
+            outbox
                 .into_iter()
                 .map(|(s, data)| self.store.put(&s.path, data)),
         )

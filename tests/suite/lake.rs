@@ -10,7 +10,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde_json::Value;
 use support::moto::Moto;
 use support::star::{assert_star, sync};
 use support::{run_args, totesys, PgCluster, Proc};
@@ -29,18 +28,7 @@ type Dump = Vec<(
 )>;
 
 fn duckdb_read(files: &[PathBuf]) -> Dump {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/read_lake.py");
-    let out = std::process::Command::new("python3")
-        .arg(script)
-        .args(files)
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "DuckDB could not read the lake: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).expect("reader output");
+    let v = support::python_json("read_lake.py", files, "DuckDB could not read the lake");
     v.as_array()
         .unwrap()
         .iter()

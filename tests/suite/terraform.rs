@@ -4,29 +4,22 @@
 //! so a new call fails this test until its permission is granted), the RDS parameter group
 //! turns on logical replication, and the names meet the Helm chart's.
 
+use crate::support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::Command;
 
 use serde_json::Value;
 
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/terraform");
 
 fn parsed() -> BTreeMap<String, Value> {
-    let out = Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/support/read_terraform.py"
-        ))
-        .arg(DIR)
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "the Terraform files do not parse: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let v = support::python_json(
+        "read_terraform.py",
+        &[DIR],
+        "the Terraform files do not parse",
     );
-    serde_json::from_slice(&out.stdout).expect("parsed JSON")
+    serde_json::from_value(v).expect("parsed JSON")
 }
 
 fn source() -> String {

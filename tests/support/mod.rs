@@ -10,7 +10,7 @@ pub mod star;
 pub mod totesys;
 
 use std::io::{BufRead, BufReader, Read};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -373,4 +373,23 @@ pub fn assert_same_sets<T: Ord + std::fmt::Debug>(
         "{what}: lost {lost:?}, extra {extra:?} (of {} expected)",
         expected.len()
     );
+}
+
+/// Runs `tests/support/<script>` with `args` under python3 and parses the JSON it prints;
+/// panics with `what` and the script's stderr when it fails.
+pub fn python_json<S: AsRef<std::ffi::OsStr>>(script: &str, args: &[S], what: &str) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/support")
+        .join(script);
+    let out = Command::new("python3")
+        .arg(path)
+        .args(args)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the script's JSON")
 }

@@ -99,21 +99,10 @@ impl PgCluster {
     /// database that forces SSL), with `certs`' server certificate; the harness itself connects
     /// through the Unix socket.
     pub fn start_tls_only(certs: &TestCerts) -> Self {
-        let hba = "hostssl all all 127.0.0.1/32 scram-sha-256\n\
-                   hostssl replication all 127.0.0.1/32 scram-sha-256\n\
-                   hostnossl all all 127.0.0.1/32 reject\n\
-                   hostnossl replication all 127.0.0.1/32 reject\n\
-                   local all all trust\n\
-                   local replication all trust\n";
-        Self::start_configured(
-            &[
-                ("ssl", "on"),
-                ("ssl_cert_file", "'server.crt'"),
-                ("ssl_key_file", "'server.key'"),
-                ("password_encryption", "'scram-sha-256'"),
-            ],
-            hba,
-            Some(certs),
+        Self::start_tls_only_with(
+            certs,
+            "scram-sha-256",
+            ("password_encryption", "'scram-sha-256'"),
         )
     }
 
@@ -121,20 +110,27 @@ impl PgCluster {
     /// `certs`' CA whose common name is the user (`cert` authentication: clientcert=verify-full,
     /// no password).
     pub fn start_client_cert_only(certs: &TestCerts) -> Self {
-        let hba = "hostssl all all 127.0.0.1/32 cert\n\
-                   hostssl replication all 127.0.0.1/32 cert\n\
-                   hostnossl all all 127.0.0.1/32 reject\n\
-                   hostnossl replication all 127.0.0.1/32 reject\n\
-                   local all all trust\n\
-                   local replication all trust\n";
+        Self::start_tls_only_with(certs, "cert", ("ssl_ca_file", "'ca.pem'"))
+    }
+
+    /// TLS only, for databases and replication, authenticated by `method`.
+    fn start_tls_only_with(certs: &TestCerts, method: &str, setting: (&str, &str)) -> Self {
+        let hba = format!(
+            "hostssl all all 127.0.0.1/32 {method}\n\
+             hostssl replication all 127.0.0.1/32 {method}\n\
+             hostnossl all all 127.0.0.1/32 reject\n\
+             hostnossl replication all 127.0.0.1/32 reject\n\
+             local all all trust\n\
+             local replication all trust\n"
+        );
         Self::start_configured(
             &[
                 ("ssl", "on"),
                 ("ssl_cert_file", "'server.crt'"),
                 ("ssl_key_file", "'server.key'"),
-                ("ssl_ca_file", "'ca.pem'"),
+                setting,
             ],
-            hba,
+            &hba,
             Some(certs),
         )
     }

@@ -259,7 +259,7 @@ impl Warehouse {
             .events
             .iter()
             .filter(|e| batch.shard.is_some() || !self.already_committed(e))
-            .filter(|e| seen.insert((e.table.qualified_name(), e.position)))
+            .filter(|e| seen.insert((e.table.schema.as_str(), e.table.name.as_str(), e.position)))
             .cloned()
             .collect();
         let skipped = batch.events.len() - events.len();

@@ -25,6 +25,80 @@ pub struct Envelope {
     pub unchanged_toast: Vec<String>,
     /// Where the full envelope of an oversized record is stored.
     pub oversized: Option<String>,
+    /// The table's shape as the source had it (absent in records of earlier versions).
+    pub columns: Option<Vec<EnvColumn>>,
+}
+
+/// A column of the envelope's `columns`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EnvColumn {
+    pub name: String,
+    pub type_oid: u32,
+    pub type_mod: i32,
+    /// 1, 2, ... for key columns in key order; 0 otherwise.
+    pub key: u32,
+}
+
+fn parse_columns(v: &Value) -> Result<Vec<EnvColumn>, String> {
+    let bad =
+        || "columns is not a list of [name, type oid, type modifier, key ordinal]".to_string();
+    let list = v.as_array().ok_or_else(bad)?;
+    let mut out = Vec::with_capacity(list.len());
+    for c in list {
+        let c = c.as_array().filter(|c| c.len() == 4).ok_or_else(bad)?;
+        out.push(EnvColumn {
+            name: c[0].as_str().ok_or_else(bad)?.to_string(),
+            type_oid: c[1]
+                .as_u64()
+                .and_then(|o| u32::try_from(o).ok())
+                .ok_or_else(bad)?,
+            type_mod: c[2]
+                .as_i64()
+                .and_then(|m| i32::try_from(m).ok())
+                .ok_or_else(bad)?,
+            key: c[3]
+                .as_u64()
+                .and_then(|k| u32::try_from(k).ok())
+                .ok_or_else(bad)?,
+        });
+    }
+    Ok(out)
+}
+
+/// A table shaped as an envelope's `columns` say; type names are filled in by the caller
+/// (`type_name`, from the warehouse's `format_type`).
+pub fn envelope_table(
+    schema: &str,
+    table: &str,
+    columns: &[EnvColumn],
+    type_name: impl Fn(u32, i32) -> String,
+) -> Result<TableSchema, String> {
+    let mut key: Vec<(u32, usize)> = Vec::new();
+    let mut cols = Vec::with_capacity(columns.len());
+    for (i, c) in columns.iter().enumerate() {
+        if columns[..i].iter().any(|o| o.name == c.name) {
+            return Err(format!("column {} is listed twice", c.name));
+        }
+        if c.key > 0 {
+            key.push((c.key, i));
+        }
+        cols.push(super::Column {
+            name: c.name.clone(),
+            type_oid: c.type_oid,
+            type_mod: c.type_mod,
+            type_name: type_name(c.type_oid, c.type_mod),
+            kind: ValueKind::builtin(c.type_oid).unwrap_or(ValueKind::Text),
+        });
+    }
+    key.sort_unstable();
+    Ok(TableSchema {
+        oid: 0,
+        schema: schema.to_string(),
+        name: table.to_string(),
+        columns: cols,
+        keyless: key.is_empty(),
+        key: key.into_iter().map(|(_, i)| i).collect(),
+    })
 }
 
 /// Parses an envelope; the error says what is wrong with it.
@@ -86,6 +160,7 @@ pub fn parse(data: &[u8]) -> Result<Envelope, String> {
             .get("oversized")
             .and_then(Value::as_str)
             .map(str::to_string),
+        columns: o.get("columns").map(parse_columns).transpose()?,
     })
 }
 
@@ -175,6 +250,13 @@ fn row(
     values: &Map<String, Value>,
     unchanged: &[String],
 ) -> Result<Vec<Datum>, String> {
+    // A field the table does not have is never dropped in silence.
+    if let Some(unknown) = values.keys().find(|k| t.column_index(k).is_none()) {
+        return Err(format!(
+            "it carries column {unknown}, which {}.{} does not have",
+            t.schema, t.name
+        ));
+    }
     t.columns
         .iter()
         .map(|c| {
@@ -252,6 +334,40 @@ mod tests {
     }
 
     #[test]
+    fn envelopes_describe_their_table_and_keep_every_field() {
+        let env = parse(
+            br#"{"version":1,"op":"c","source":{"database":"d","schema":"public","table":"t","lsn":"0/1","seq":0,"xid":1,"commit_ts":"2024-11-15T14:40:10Z"},"key":{"b":2,"a":1},"before":null,"after":{"a":1,"b":2,"n":123456789012345678901234567890,"j":{"z":1,"a":0.10000000000000000001}},"columns":[["a",23,-1,2],["b",20,-1,1],["n",1700,-1,0],["j",114,-1,0]]}"#,
+        )
+        .unwrap();
+        let t = Arc::new(
+            envelope_table("public", "t", env.columns.as_ref().unwrap(), |o, _| {
+                format!("t{o}")
+            })
+            .unwrap(),
+        );
+        assert_eq!(t.key, vec![1, 0], "key columns in key order");
+        assert_eq!(t.columns[1].type_name, "t20");
+        let ev = to_event(&env, t.clone()).unwrap();
+        let after = ev.after.unwrap();
+        // Numbers keep every digit, JSON objects their key order.
+        assert_eq!(
+            after[2].as_text().unwrap(),
+            b"123456789012345678901234567890"
+        );
+        assert_eq!(
+            after[3].as_text().unwrap(),
+            br#"{"z":1,"a":0.10000000000000000001}"#
+        );
+        // A field the shape does not have is an error, never dropped.
+        let narrow = Arc::new(TableSchema {
+            columns: t.columns[..3].to_vec(),
+            ..(*t).clone()
+        });
+        let e = to_event(&env, narrow).unwrap_err();
+        assert!(e.contains("column j"), "{e}");
+    }
+
+    #[test]
     fn values_return_to_text() {
         assert_eq!(
             pg_text(&ValueKind::Bool, &Value::Bool(true))
@@ -281,7 +397,7 @@ mod tests {
         use crate::fuzz;
         let table = fuzz::sample_table();
         let samples: Vec<Vec<u8>> = [
-            r#"{"version":1,"op":"c","source":{"database":"d","schema":"public","table":"t","lsn":"0/16B3748","seq":3,"xid":7,"commit_ts":"2024-11-15T14:40:10.188000Z"},"key":{"id":1},"before":null,"after":{"id":1,"name":"a\"b","at":"2024-11-15T14:40:10.188","tags":["x",null,"y"],"data":"AP8Q","amount":"12.50"}}"#,
+            r#"{"version":1,"op":"c","source":{"database":"d","schema":"public","table":"t","lsn":"0/16B3748","seq":3,"xid":7,"commit_ts":"2024-11-15T14:40:10.188000Z"},"key":{"id":1},"before":null,"after":{"id":1,"name":"a\"b","at":"2024-11-15T14:40:10.188","tags":["x",null,"y"],"data":"AP8Q","amount":"12.50"},"columns":[["id",23,-1,1],["name",1043,54,0],["wide",20,-1,0]]}"#,
             r#"{"version":1,"op":"u","source":{"database":"d","schema":"public","table":"t","lsn":"0/1","seq":0,"xid":null,"commit_ts":"1970-01-01T00:00:00Z"},"key":{"id":2},"before":{"id":2},"after":{"id":2,"name":null},"unchanged_toast":["data"]}"#,
             r#"{"version":1,"op":"d","source":{"database":"d","schema":"public","table":"t","lsn":"FF/FFFFFFFF","seq":-2147483648,"xid":4294967295,"commit_ts":"2024-02-29T23:59:59.999999Z"},"key":{"id":3},"before":null,"after":null,"oversized":"s3://b/oversized/x.json"}"#,
         ]

@@ -46,6 +46,8 @@ pub fn write_envelope(buf: &mut Vec<u8>, ev: &ChangeEvent, database: &str) {
     write_row(buf, t, ev.before.as_deref());
     buf.extend_from_slice(b",\"after\":");
     write_row(buf, t, ev.after.as_deref());
+    buf.extend_from_slice(b",\"columns\":");
+    write_columns(buf, t);
     if let Some(after) = &ev.after {
         let mut first = true;
         for (i, d) in after.iter().enumerate() {
@@ -64,6 +66,30 @@ pub fn write_envelope(buf: &mut Vec<u8>, ev: &ChangeEvent, database: &str) {
         }
     }
     buf.push(b'}');
+}
+
+/// Appends the table's shape: `[[name, type oid, type modifier, key ordinal], ...]` in column
+/// order; the key ordinal is 1, 2, ... for key columns and 0 otherwise. User-defined types are
+/// given as the warehouse keeps them: text (25) or text[] (1009).
+pub fn write_columns(buf: &mut Vec<u8>, t: &TableSchema) {
+    buf.push(b'[');
+    for (i, c) in t.columns.iter().enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        buf.push(b'[');
+        write_str(buf, c.name.as_bytes());
+        let (oid, typmod) = if c.type_oid < super::FIRST_USER_OID {
+            (c.type_oid, c.type_mod)
+        } else if matches!(c.kind, ValueKind::Array(_)) {
+            (1009, -1)
+        } else {
+            (25, -1)
+        };
+        let key = t.key.iter().position(|&k| k == i).map_or(0, |p| p + 1);
+        buf.extend_from_slice(format!(",{oid},{typmod},{key}]").as_bytes());
+    }
+    buf.push(b']');
 }
 
 /// Appends the event's key as a JSON object (`null` for a truncate).

@@ -26,6 +26,9 @@ pub fn now_us() -> i64 {
         .unwrap_or(0)
 }
 
+/// The first OID of user-defined objects: types below it are built in, the same on every server.
+pub const FIRST_USER_OID: u32 = 16384;
+
 /// How many times the initial snapshot may be attempted for one slot (see
 /// `Position::snapshot_truncate`).
 pub const SNAPSHOT_ATTEMPTS: u32 = 64;

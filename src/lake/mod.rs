@@ -151,15 +151,24 @@ fn row_of(ev: &ChangeEvent) -> Vec<Option<&[u8]>> {
 
 /// The changes files of a batch: one per table and commit date.
 pub fn changes_files(events: &[ChangeEvent]) -> Result<Vec<LakeFile>, String> {
-    let mut groups: BTreeMap<(String, String), Vec<&ChangeEvent>> = BTreeMap::new();
+    // A table whose shape changed within the batch gets a file per shape.
+    let mut shapes: Vec<&Arc<crate::event::TableSchema>> = Vec::new();
+    let mut groups: BTreeMap<(String, String, usize), Vec<&ChangeEvent>> = BTreeMap::new();
     for ev in events {
+        let shape = match shapes.iter().position(|s| **s == ev.table) {
+            Some(i) => i,
+            None => {
+                shapes.push(&ev.table);
+                shapes.len() - 1
+            }
+        };
         groups
-            .entry((ev.table.qualified_name(), utc_date(ev.commit_ts_us)))
+            .entry((ev.table.qualified_name(), utc_date(ev.commit_ts_us), shape))
             .or_default()
             .push(ev);
     }
     let mut files = Vec::with_capacity(groups.len());
-    for ((table, date), evs) in groups {
+    for ((table, date, _), evs) in groups {
         let t = &evs[0].table;
         let mut fields = Vec::new();
         let mut columns: Vec<ArrayRef> = Vec::new();

@@ -17,6 +17,7 @@ mod leases;
 mod make_run;
 mod metrics;
 mod replay;
+mod schema_changes;
 mod setup_checks;
 mod terraform;
 mod tls;

@@ -112,8 +112,7 @@ pub fn batch_table(staging_name: &str) -> String {
 /// The column type in the warehouse: built-in types as the source spells them; user-defined
 /// types (enums, domains, composites) as text, since the warehouse does not have them.
 pub fn warehouse_type(c: &crate::event::Column) -> String {
-    const FIRST_USER_OID: u32 = 16384;
-    if c.type_oid < FIRST_USER_OID {
+    if c.type_oid < crate::event::FIRST_USER_OID {
         c.type_name.clone()
     } else if matches!(c.kind, ValueKind::Array(_)) {
         "text[]".into()

@@ -109,24 +109,23 @@ pub(super) async fn load_batch_table(
     url: &PgUrl,
 ) -> Result<usize, ApplyError> {
     let t = &events[0].table;
-    for c in &t.columns {
-        if !m.columns.contains(&c.name) {
-            return Err(ApplyError::NoStaging {
-                table: format!("{} (column {} is new)", t.qualified_name(), c.name),
-            });
-        }
-    }
-    let mut cols: Vec<String> = t.columns.iter().map(|c| quote_ident(&c.name)).collect();
-    cols.extend(["_lsn", "_seq", "_op", "_unchanged"].map(String::from));
-    let stmt = format!("COPY {} ({}) FROM STDIN", m.batch, cols.join(", "));
     tx.batch_execute("SAVEPOINT load")
         .await
         .map_err(|e| ApplyError::Pg(url.query_error("savepoint", e)))?;
-    let mut buf = Vec::with_capacity(events.len() * 128);
-    for ev in events {
-        encode_row(&mut buf, ev);
+    // One COPY per run of events of the same shape (a column added mid-batch changes it).
+    let mut loaded = Ok(());
+    for run in events.chunk_by(|a, b| a.table == b.table) {
+        let stmt = copy_statement(m, &run[0]);
+        let mut buf = Vec::with_capacity(run.len() * 128);
+        for ev in run {
+            encode_row(&mut buf, ev);
+        }
+        loaded = copy_in(tx, &stmt, buf).await;
+        if loaded.is_err() {
+            break;
+        }
     }
-    match copy_in(tx, &stmt, buf).await {
+    match loaded {
         Ok(()) => {
             tx.batch_execute("RELEASE SAVEPOINT load")
                 .await
@@ -149,6 +148,7 @@ pub(super) async fn load_batch_table(
     for ev in events {
         let mut row = Vec::new();
         encode_row(&mut row, ev);
+        let stmt = copy_statement(m, ev);
         tx.batch_execute("SAVEPOINT one")
             .await
             .map_err(|e| ApplyError::Pg(url.query_error("savepoint", e)))?;
@@ -170,6 +170,18 @@ pub(super) async fn load_batch_table(
         .await
         .map_err(|e| ApplyError::Pg(url.query_error("release savepoint", e)))?;
     Ok(dead)
+}
+
+/// The COPY into the batch table for events shaped like `ev`'s.
+fn copy_statement(m: &Mirror, ev: &ChangeEvent) -> String {
+    let mut cols: Vec<String> = ev
+        .table
+        .columns
+        .iter()
+        .map(|c| quote_ident(&c.name))
+        .collect();
+    cols.extend(["_lsn", "_seq", "_op", "_unchanged"].map(String::from));
+    format!("COPY {} ({}) FROM STDIN", m.batch, cols.join(", "))
 }
 
 pub(super) fn is_data_error(e: &tokio_postgres::Error) -> bool {

@@ -20,7 +20,6 @@ pub(super) async fn merge_into_staging(
     url: &PgUrl,
 ) -> Result<(), ApplyError> {
     let err = |ctx: &str, e: tokio_postgres::Error| ApplyError::Pg(url.query_error(ctx, e));
-    let t = &events[0].table;
     let key: Vec<String> = m.key.iter().map(|k| quote_ident(k)).collect();
     let keys = key.join(", ");
     // Unchanged TOAST values not resolved within the batch keep the stored value.
@@ -28,10 +27,11 @@ pub(super) async fn merge_into_staging(
     for ev in events {
         if let Some(after) = &ev.after {
             for (i, d) in after.iter().enumerate() {
-                if matches!(d, Datum::UnchangedToast)
-                    && !toast_cols.contains(&t.columns[i].name.as_str())
-                {
-                    toast_cols.push(&t.columns[i].name);
+                let Some(c) = ev.table.columns.get(i) else {
+                    continue;
+                };
+                if matches!(d, Datum::UnchangedToast) && !toast_cols.contains(&c.name.as_str()) {
+                    toast_cols.push(&c.name);
                 }
             }
         }

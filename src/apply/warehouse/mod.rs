@@ -8,6 +8,7 @@
 pub mod bookkeeping;
 pub mod ddl;
 mod dead_letters;
+mod evolve;
 mod load;
 mod merge;
 mod phases;
@@ -15,13 +16,14 @@ mod session;
 mod setup;
 mod star;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
 
 use super::batch::Batch;
+use crate::event::decode::EnvColumn;
 use crate::event::{ChangeEvent, TableSchema};
 use crate::lake::{self, LakeWriter, Store, StoreError, WriteError};
 use crate::pg::{PgError, PgUrl};
@@ -45,6 +47,17 @@ pub enum ApplyError {
     Pg(#[from] PgError),
     #[error("the warehouse has no staging table for {table}")]
     NoStaging { table: String },
+    /// A column's type changed in a way the mirror cannot follow without losing values.
+    #[error("{table}: column {column} changed type from {from} to {to}, which the staging mirror {mirror} cannot follow without losing or reinterpreting values; nothing after this change was acknowledged")]
+    Reshape {
+        table: String,
+        column: String,
+        from: String,
+        to: String,
+        mirror: String,
+    },
+    #[error("{table} has no primary key or replica identity index, so its staging mirror has no key to merge changes by")]
+    NoKey { table: String },
     #[error("model totesys needs the source tables {missing} in staging")]
     ModelTables { missing: String },
     #[error("the warehouse at {target} was set up by a newer totes-cdc (schema version {found}, this binary knows {known})")]
@@ -72,6 +85,13 @@ impl crate::fix::Fix for ApplyError {
             ApplyError::NoStaging { .. } => {
                 "run `totes-cdc setup` with the same source, publication and tables".into()
             }
+            ApplyError::Reshape { column, mirror, to, .. } => format!(
+                "alter the mirror by hand to a type that holds the old and the new values (in the warehouse: ALTER TABLE {mirror} ALTER COLUMN {} TYPE {to} USING ...), or undo the change at the source; then start totes-cdc again: it resumes at this change",
+                crate::pg::ident(column)
+            ),
+            ApplyError::NoKey { table } => format!(
+                "give {table} a primary key at the source, or a unique index on NOT NULL columns and ALTER TABLE {table} REPLICA IDENTITY USING INDEX <index>"
+            ),
             ApplyError::ModelTables { .. } => {
                 "capture them (the tables option), or set model = none".into()
             }
@@ -117,6 +137,9 @@ pub struct Applied {
 
 pub use dead_letters::DeadLetterKind;
 
+/// An envelope's `columns` and the table shape made of them.
+type KnownShape = (Vec<EnvColumn>, Arc<TableSchema>);
+
 pub struct Warehouse {
     url: PgUrl,
     schema: String,
@@ -129,6 +152,10 @@ pub struct Warehouse {
     /// How long the warehouse lets a batch transaction sit idle before it ends the session (a
     /// frozen or partitioned writer then gives its locks back).
     idle_in_transaction: Duration,
+    /// Table shapes of envelopes seen, by (schema, table).
+    shapes: HashMap<(String, String), Vec<KnownShape>>,
+    /// SQL names of column types, by (oid, modifier).
+    type_names: HashMap<(u32, i32), String>,
 }
 
 impl Warehouse {
@@ -148,6 +175,8 @@ impl Warehouse {
             session: None,
             lake: None,
             idle_in_transaction: Duration::from_secs(60),
+            shapes: HashMap::new(),
+            type_names: HashMap::new(),
         }
     }
 
@@ -220,6 +249,71 @@ impl Warehouse {
             .mirrors
             .get(&ddl::staging_name(schema, table))
             .map(|m| m.table_schema(schema, table)))
+    }
+
+    /// The shape of the table an envelope carries: its own `columns` (the source's shape when
+    /// the change was made) or, for records written before envelopes had them, the mirror's.
+    /// `None` when neither exists.
+    pub async fn envelope_schema(
+        &mut self,
+        env: &crate::event::decode::Envelope,
+    ) -> Result<Option<Result<Arc<TableSchema>, String>>, ApplyError> {
+        let Some(columns) = &env.columns else {
+            return Ok(self.table_schema(&env.schema, &env.table).await?.map(Ok));
+        };
+        let key = (env.schema.clone(), env.table.clone());
+        if let Some(t) = self
+            .shapes
+            .get(&key)
+            .and_then(|known| known.iter().find(|(c, _)| c == columns))
+        {
+            return Ok(Some(Ok(t.1.clone())));
+        }
+        let missing: Vec<(u32, i32)> = columns
+            .iter()
+            .map(|c| (c.type_oid, c.type_mod))
+            .filter(|t| !self.type_names.contains_key(t))
+            .collect();
+        if !missing.is_empty() {
+            let session = self.session().await?;
+            let (oids, mods): (Vec<u32>, Vec<i32>) = missing.iter().copied().unzip();
+            let rows = session
+                .client
+                .query(
+                    "SELECT format_type(t, m) FROM unnest($1::oid[], $2::int4[]) \
+                     WITH ORDINALITY AS u(t, m, o) ORDER BY o",
+                    &[&oids, &mods],
+                )
+                .await
+                .map_err(|e| ApplyError::Pg(self.url.query_error("naming column types", e)))?;
+            for (t, r) in missing.into_iter().zip(rows) {
+                let name: Option<String> = r.get(0);
+                self.type_names
+                    .insert(t, name.unwrap_or_else(|| "text".to_string()));
+            }
+        }
+        let names = &self.type_names;
+        let t = match crate::event::decode::envelope_table(
+            &env.schema,
+            &env.table,
+            columns,
+            |oid, m| {
+                names
+                    .get(&(oid, m))
+                    .cloned()
+                    .unwrap_or_else(|| "text".into())
+            },
+        ) {
+            Ok(t) => Arc::new(t),
+            Err(e) => return Ok(Some(Err(e))),
+        };
+        let known = self.shapes.entry(key).or_default();
+        // A table's shapes are few; a stream of ever-new shapes must not grow this unbounded.
+        if known.len() >= 16 {
+            known.remove(0);
+        }
+        known.push((columns.clone(), t.clone()));
+        Ok(Some(Ok(t)))
     }
 
     /// Whether the lake already holds this event the pipeline's slot redelivered (after a
@@ -334,6 +428,8 @@ impl Warehouse {
             .session
             .as_mut()
             .ok_or_else(|| ApplyError::NoStaging { table: "?".into() })?;
+        // Columns added or widened at the source, and tables new to the mirror, first.
+        evolve::follow(session, &groups, url).await?;
         let tx = session
             .client
             .transaction()

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use tokio_postgres::Client;
+use tokio_postgres::{Client, GenericClient};
 
 use super::{ddl, ApplyError, Model};
 use crate::event::{Column, TableSchema, ValueKind};
@@ -24,6 +24,12 @@ pub(super) struct Mirror {
 }
 
 impl Mirror {
+    /// The SQL name of a column's type.
+    pub fn column_type(&self, column: &str) -> Option<&str> {
+        let i = self.columns.iter().position(|c| c == column)?;
+        Some(self.types[i].2.as_str())
+    }
+
     /// The source table's shape as the mirror has it (for decoding envelopes).
     pub fn table_schema(&self, schema: &str, table: &str) -> Arc<TableSchema> {
         let columns: Vec<Column> = self
@@ -62,10 +68,11 @@ pub(super) struct Session {
     pub star_columns: BTreeMap<String, Vec<WarehouseColumn>>,
 }
 
-/// Connects, reads the mirrors and creates the session's batch tables.
-pub(super) async fn open(url: &PgUrl, model: Model, schema: &str) -> Result<Session, ApplyError> {
-    let client = url.connect().await?;
-    let err = |ctx: &str, e| ApplyError::Pg(url.query_error(ctx, e));
+/// The staging mirrors as the catalog has them (only `only`'s, when given), by bare name.
+pub(super) async fn read_mirrors(
+    client: &impl GenericClient,
+    only: Option<&str>,
+) -> Result<HashMap<String, Mirror>, tokio_postgres::Error> {
     let rows = client
         .query(
             "SELECT c.relname::text, a.attname::text, a.atttypid, a.atttypmod, \
@@ -74,11 +81,11 @@ pub(super) async fn open(url: &PgUrl, model: Model, schema: &str) -> Result<Sess
              JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
              LEFT JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary \
              WHERE n.nspname = 'staging' AND c.relkind = 'r' AND a.attname <> ALL($1::text[]) \
+               AND ($2::text IS NULL OR c.relname = $2) \
              ORDER BY c.relname, a.attnum",
-            &[&ddl::BOOKKEEPING_COLUMNS.as_slice()],
+            &[&ddl::BOOKKEEPING_COLUMNS.as_slice(), &only],
         )
-        .await
-        .map_err(|e| err("reading the staging mirrors", e))?;
+        .await?;
     let mut mirrors: HashMap<String, Mirror> = HashMap::new();
     let mut key_order: HashMap<String, Vec<(i32, String)>> = HashMap::new();
     for r in &rows {
@@ -103,16 +110,32 @@ pub(super) async fn open(url: &PgUrl, model: Model, schema: &str) -> Result<Sess
             m.key = key.into_iter().map(|(_, c)| c).collect();
         }
     }
+    Ok(mirrors)
+}
+
+/// The session's temporary batch table of a mirror: its columns, then position, op and the
+/// unchanged-TOAST list.
+pub(super) fn batch_table_ddl(m: &Mirror) -> String {
+    let cols: Vec<String> = m.columns.iter().map(|c| quote_ident(c)).collect();
+    format!(
+        "CREATE TEMP TABLE IF NOT EXISTS {} ON COMMIT DELETE ROWS AS \
+         SELECT {}, _lsn, _seq, ''::text AS _op, NULL::text[] AS _unchanged FROM {} WITH NO DATA;\n",
+        m.batch,
+        cols.join(", "),
+        m.staging
+    )
+}
+
+/// Connects, reads the mirrors and creates the session's batch tables.
+pub(super) async fn open(url: &PgUrl, model: Model, schema: &str) -> Result<Session, ApplyError> {
+    let client = url.connect().await?;
+    let err = |ctx: &str, e| ApplyError::Pg(url.query_error(ctx, e));
+    let mirrors = read_mirrors(&client, None)
+        .await
+        .map_err(|e| err("reading the staging mirrors", e))?;
     let mut ddl_sql = String::new();
     for m in mirrors.values() {
-        let cols: Vec<String> = m.columns.iter().map(|c| quote_ident(c)).collect();
-        ddl_sql.push_str(&format!(
-            "CREATE TEMP TABLE IF NOT EXISTS {} ON COMMIT DELETE ROWS AS \
-             SELECT {}, _lsn, _seq, ''::text AS _op, NULL::text[] AS _unchanged FROM {} WITH NO DATA;\n",
-            m.batch,
-            cols.join(", "),
-            m.staging
-        ));
+        ddl_sql.push_str(&batch_table_ddl(m));
     }
     let mut star_columns = BTreeMap::new();
     if model == Model::Totesys {

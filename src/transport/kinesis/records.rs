@@ -96,11 +96,20 @@ pub async fn record_event(
         }
         None => env,
     };
-    let Some(table) = wh.table_schema(&env.schema, &env.table).await? else {
-        return Ok(Err(reject(format!(
-            "the warehouse has no staging table for {}.{}: run `totes-cdc setup` with the source and warehouse URLs",
-            env.schema, env.table
-        ))));
+    let table = match wh.envelope_schema(&env).await? {
+        Some(Ok(t)) => t,
+        Some(Err(e)) => {
+            return Ok(Err(reject(format!(
+                "the envelope's columns of {}.{} do not describe a table: {e}",
+                env.schema, env.table
+            ))))
+        }
+        None => {
+            return Ok(Err(reject(format!(
+                "the warehouse has no staging table for {}.{}, and the record does not describe the table's columns (a record of an earlier totes-cdc): run `totes-cdc setup` with the source and warehouse URLs",
+                env.schema, env.table
+            ))))
+        }
     };
     Ok(decode::to_event(&env, table).map_err(|e| {
         reject(format!(

@@ -1,0 +1,323 @@
+//! The source changes shape while the pipeline runs, under the workload, with a SIGKILL of
+//! the capturing process right after each change, in both modes (`run`, and `stream` into
+//! Kinesis with two consumers over two shards): a column added (later one with a default), a
+//! column widened (int to bigint, with values past 2^31; a longer varchar), a column dropped,
+//! then a type change the mirror cannot follow, which stops with its message and exit 1 and
+//! catches up after the documented fix. Afterwards `verify` passes, the star schema is the
+//! transform of the source with every fact version of an independent capture, and the lake,
+//! read by DuckDB with `union_by_name`, holds every change once, the new values included.
+
+use crate::support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::moto::Moto;
+use support::star::{self, wait_star};
+use support::{consume_args, run_args, stream_kinesis_args, totesys, PgCluster, Proc};
+use tokio_postgres::Client;
+
+const WAIT: Duration = Duration::from_secs(180);
+const PACE: Duration = Duration::from_millis(10);
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Run,
+    Stream,
+}
+
+/// The pipeline of a mode: the capturing process and, streaming, two consumers.
+struct Pipeline {
+    capture_args: Vec<String>,
+    consumer_args: Vec<Vec<String>>,
+    envs: Vec<(String, String)>,
+    capture: Proc,
+    consumers: Vec<Proc>,
+}
+
+fn spawn(args: &[String], envs: &[(String, String)]) -> Proc {
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let e: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    Proc::spawn(&a, &e)
+}
+
+impl Pipeline {
+    fn start(mode: Mode, src: &str, wh: &str, state: &str, moto: Option<&Moto>) -> Self {
+        let lake = format!("{state}/lake");
+        let envs: Vec<(String, String)> = moto
+            .map(|m| {
+                m.env()
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let owned = |v: Vec<&str>| v.into_iter().map(String::from).collect::<Vec<_>>();
+        let (capture_args, consumer_args) = match mode {
+            Mode::Run => {
+                let mut a = owned(run_args(src, wh, state, &lake));
+                a.extend(["--heartbeat-interval".into(), "1s".into()]);
+                (a, Vec::new())
+            }
+            Mode::Stream => {
+                let e: Vec<(&str, &str)> =
+                    envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                support::setup(src, wh, &e);
+                let consumers = ["a", "b"]
+                    .iter()
+                    .map(|id| {
+                        let mut a = owned(consume_args("schema", wh, &lake));
+                        a.extend(["--consumer-id", id, "--lease-timeout", "3s"].map(String::from));
+                        a
+                    })
+                    .collect();
+                (
+                    owned(stream_kinesis_args("schema", src, state, &lake)),
+                    consumers,
+                )
+            }
+        };
+        let capture = spawn(&capture_args, &envs);
+        capture.wait_log("streaming changes", WAIT);
+        let consumers = consumer_args.iter().map(|a| spawn(a, &envs)).collect();
+        Pipeline {
+            capture_args,
+            consumer_args,
+            envs,
+            capture,
+            consumers,
+        }
+    }
+
+    /// SIGKILL the capturing process (`run` or `stream`) and start it again.
+    fn kill_capture(&mut self) {
+        self.capture.kill9();
+        self.capture = spawn(&self.capture_args, &self.envs);
+    }
+
+    /// Waits for the process that applies to stop on its own; its stderr.
+    fn refused(&mut self) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if self.consumer_args.is_empty() {
+                let status = self.capture.wait(WAIT);
+                assert_eq!(status.code(), Some(1), "{}", self.capture.stderr());
+                return self.capture.stderr();
+            }
+            for c in &mut self.consumers {
+                if let Some(status) = c.exited() {
+                    assert_eq!(status.code(), Some(1), "{}", c.stderr());
+                    return c.stderr();
+                }
+            }
+            assert!(Instant::now() < deadline, "no consumer stopped");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Starts what applies again (after a fix).
+    fn restart_apply(&mut self) {
+        if self.consumer_args.is_empty() {
+            self.capture = spawn(&self.capture_args, &self.envs);
+        } else {
+            for (c, args) in self.consumers.iter_mut().zip(&self.consumer_args) {
+                c.kill9();
+                *c = spawn(args, &self.envs);
+            }
+        }
+    }
+}
+
+async fn one(c: &Client, sql: &str) -> Option<String> {
+    c.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+/// Runs `verify` until it passes; its output.
+fn verify_passes(src: &str, wh: &str) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, out, err) =
+            support::run(&["verify", "--source-url", src, "--warehouse-url", wh], &[]);
+        if status.success() {
+            assert!(out.contains("no differences"), "{out}");
+            return out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "verify never passed:\n{out}{err}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn lake_rows(lake: &str, sql: &str) -> Vec<Vec<Option<String>>> {
+    let v = support::python_json("lake_query.py", &[lake, sql], "DuckDB over the lake");
+    serde_json::from_value(v).expect("rows")
+}
+
+async fn shape_changes_are_followed(mode: Mode) {
+    let moto = (mode == Mode::Stream).then(Moto::start);
+    if let Some(m) = &moto {
+        m.create_stream("schema", 2).await;
+    }
+    let pg = PgCluster::start();
+    let src = pg.create_db("src").await;
+    let wh = pg.create_db("wh").await;
+    totesys::create(&src).await;
+    totesys::publish(&src).await;
+    let (src_url, wh_url) = (pg.url("src"), pg.url("wh"));
+    let state = support::temp_dir("shapes").to_string_lossy().into_owned();
+    let lake = format!("{state}/lake");
+    let oracle = support::spawn_oracle(&src_url, &format!("{state}/oracle"));
+    let mut p = Pipeline::start(mode, &src_url, &wh_url, &state, moto.as_ref());
+    let stop = Arc::new(AtomicBool::new(false));
+    let workload = totesys::spawn_workload(src_url.clone(), stop.clone(), PACE);
+    let pause = || std::thread::sleep(Duration::from_millis(1500));
+    let steps = [
+        // A new column, written at once.
+        "ALTER TABLE counterparty ADD COLUMN loyalty_points integer;
+         UPDATE counterparty SET loyalty_points = counterparty_id * 10 WHERE counterparty_id <= 10",
+        // Widened: past 2^31 from now on; a longer varchar the star reads.
+        "ALTER TABLE counterparty ALTER COLUMN loyalty_points TYPE bigint;
+         ALTER TABLE currency ALTER COLUMN currency_code TYPE varchar(5);
+         UPDATE currency SET last_updated = now() WHERE currency_id = 1;
+         UPDATE counterparty SET loyalty_points = 3000000000 + counterparty_id WHERE counterparty_id <= 5",
+        // Dropped: the mirror keeps it, newer versions hold NULL.
+        "ALTER TABLE counterparty DROP COLUMN delivery_contact;
+         UPDATE counterparty SET commercial_contact = 'Contact 2' WHERE counterparty_id = 2",
+        // Added with a default PostgreSQL keeps out of the existing rows; one row rewritten.
+        "ALTER TABLE design ADD COLUMN colour text NOT NULL DEFAULT 'blue';
+         UPDATE design SET colour = 'red' WHERE design_id = 1",
+    ];
+    for sql in steps {
+        pause();
+        src.batch_execute(sql).await.unwrap();
+        p.kill_capture();
+    }
+    pause();
+    // A change the mirror cannot follow: stopped, named, nothing acknowledged past it.
+    src.batch_execute(
+        "ALTER TABLE counterparty ALTER COLUMN loyalty_points TYPE text USING loyalty_points::text;
+         UPDATE counterparty SET loyalty_points = 'gold' WHERE counterparty_id = 4",
+    )
+    .await
+    .unwrap();
+    let stderr = p.refused();
+    let report = support::error_report(&stderr);
+    for needle in [
+        "public.counterparty",
+        "loyalty_points",
+        "from bigint to text",
+        "ALTER TABLE staging.counterparty ALTER COLUMN loyalty_points TYPE text",
+    ] {
+        assert!(report.contains(needle), "{needle} not in: {report}");
+    }
+    // The documented fix, then a restart catches up.
+    wh.batch_execute(
+        "ALTER TABLE staging.counterparty ALTER COLUMN loyalty_points TYPE text USING loyalty_points::text",
+    )
+    .await
+    .unwrap();
+    p.restart_apply();
+    pause();
+    stop.store(true, Ordering::Relaxed);
+    assert!(workload.await.unwrap() > 50);
+
+    wait_star(&src, &wh, WAIT).await;
+    let out = verify_passes(&src_url, &wh_url);
+    assert!(
+        out.contains("column colour's added default blue"),
+        "verify explains the added default: {out}"
+    );
+    support::wait_oracle_caught_up(&oracle, &src, WAIT).await;
+    let expected = star::oracle_versions(&oracle.events());
+    support::assert_same_sets("fact versions", &expected, &star::fact_versions(&wh).await);
+    let dead: i64 = wh
+        .query_one("SELECT count(*) FROM totes_cdc.dead_letters", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(dead, 0, "no value is a dead letter for a shape change");
+
+    // The mirror followed: values past 2^31 and the new column in staging, the dropped column
+    // kept with NULL in the versions after the drop.
+    assert_eq!(
+        one(
+            &wh,
+            "SELECT loyalty_points FROM staging.counterparty WHERE counterparty_id = 1"
+        )
+        .await
+        .as_deref(),
+        Some("3000000001")
+    );
+    assert_eq!(
+        one(
+            &wh,
+            "SELECT loyalty_points FROM staging.counterparty WHERE counterparty_id = 4"
+        )
+        .await
+        .as_deref(),
+        Some("gold")
+    );
+    assert_eq!(
+        one(
+            &wh,
+            "SELECT delivery_contact FROM staging.counterparty WHERE counterparty_id = 2"
+        )
+        .await,
+        None
+    );
+    assert!(one(
+        &wh,
+        "SELECT delivery_contact FROM staging.counterparty WHERE counterparty_id = 3"
+    )
+    .await
+    .is_some());
+    assert_eq!(
+        one(&wh, "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'staging.currency'::regclass AND attname = 'currency_code'")
+            .await
+            .as_deref(),
+        Some("character varying(5)")
+    );
+
+    // The lake: every change once, and the new shapes readable as one table.
+    support::lake::wait_settled(&wh).await;
+    support::lake::assert_holds_what_the_oracle_saw(&wh, &lake, &oracle.events()).await;
+    let wide = lake_rows(
+        &lake,
+        "SELECT count(*) FROM changes WHERE tbl = 'public.counterparty' \
+         AND loyalty_points::VARCHAR = '3000000001'",
+    );
+    assert_ne!(
+        wide[0][0].as_deref(),
+        Some("0"),
+        "the widened value is in the lake"
+    );
+    let red = lake_rows(
+        &lake,
+        "SELECT count(*) FROM changes WHERE tbl = 'public.design' AND colour = 'red'",
+    );
+    assert_eq!(
+        red[0][0].as_deref(),
+        Some("1"),
+        "the added column is in the lake"
+    );
+    let gold = lake_rows(
+        &lake,
+        "SELECT count(*) FROM changes WHERE tbl = 'public.counterparty' \
+         AND loyalty_points::VARCHAR = 'gold'",
+    );
+    assert_eq!(gold[0][0].as_deref(), Some("1"));
+    drop(moto);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_follows_added_widened_and_dropped_columns_and_stops_on_the_rest() {
+    shape_changes_are_followed(Mode::Run).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stream_and_consumers_follow_added_widened_and_dropped_columns_and_stop_on_the_rest() {
+    shape_changes_are_followed(Mode::Stream).await;
+}

@@ -34,6 +34,30 @@ pub const KINESIS_FAIL: &str = "kinesis-fail";
 /// Kinesis entry fails as throttled (sustained throttling).
 pub const KINESIS_THROTTLE_SECS: &str = "kinesis-throttle-secs";
 
+/// The `TOTES_CDC_FAULT` point whose number is the index of a Kinesis shard whose first read a
+/// consumer holds back for [`SHARD_HOLD`] (a shard that falls behind the others).
+pub const HOLD_SHARD: &str = "hold-shard";
+pub const SHARD_HOLD: std::time::Duration = std::time::Duration::from_secs(8);
+
+/// How long to hold back the first read of `shard` (never, without the `failpoints` feature).
+#[cfg(feature = "failpoints")]
+pub fn shard_hold(shard: &str) -> Option<std::time::Duration> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static HELD: AtomicBool = AtomicBool::new(false);
+    match injected::spec() {
+        Some((p, idx)) if p == HOLD_SHARD && shard.ends_with(&format!("{idx:012}")) => {
+            (!HELD.swap(true, Ordering::Relaxed)).then_some(SHARD_HOLD)
+        }
+        _ => None,
+    }
+}
+
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub fn shard_hold(_: &str) -> Option<std::time::Duration> {
+    None
+}
+
 #[cfg(feature = "failpoints")]
 mod injected {
     use std::sync::atomic::{AtomicU64, Ordering};

@@ -51,6 +51,14 @@ CREATE TABLE IF NOT EXISTS totes_cdc.shard_checkpoints (
     PRIMARY KEY (stream, shard_id)
 );
 
+-- Per staging mirror: the position of the newest truncate applied. A change older than it,
+-- arriving later (through another Kinesis shard), lands as the tombstone the truncate made.
+CREATE TABLE IF NOT EXISTS totes_cdc.truncations (
+    mirror text PRIMARY KEY,
+    lsn pg_lsn NOT NULL,
+    seq integer NOT NULL
+);
+
 -- Shard leases: the consumer that reads a shard (`owner`, NULL once released) until
 -- `expires_at` (renewed a few times per lease timeout). `epoch` grows with every take: a batch
 -- commits only while its owner and epoch are still the lease's (the fencing token).

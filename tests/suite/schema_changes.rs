@@ -321,3 +321,129 @@ async fn run_follows_added_widened_and_dropped_columns_and_stops_on_the_rest() {
 async fn stream_and_consumers_follow_added_widened_and_dropped_columns_and_stop_on_the_rest() {
     shape_changes_are_followed(Mode::Stream).await;
 }
+
+/// A truncate travels on one shard while the rows it retires travel on others: inserts made
+/// before it, on a shard the consumer reads late, arrive after it and must stay retired.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_truncate_retires_older_rows_that_arrive_after_it_through_another_shard() {
+    let moto = Moto::start();
+    moto.create_stream("trunc", 2).await;
+    let pg = PgCluster::start();
+    let src = pg.create_db("src").await;
+    let wh = pg.create_db("wh").await;
+    totesys::create(&src).await;
+    totesys::publish(&src).await;
+    src.batch_execute(
+        "CREATE TABLE bin (id integer PRIMARY KEY, v text);
+         ALTER PUBLICATION totes_cdc ADD TABLE bin;",
+    )
+    .await
+    .unwrap();
+    let (src_url, wh_url) = (pg.url("src"), pg.url("wh"));
+    let e = moto.env();
+    support::setup(&src_url, &wh_url, &e);
+    let state = support::temp_dir("trunc").to_string_lossy().into_owned();
+    let lake = format!("{state}/lake");
+    let _streamer = Proc::spawn(&stream_kinesis_args("trunc", &src_url, &state, &lake), &e);
+    _streamer.wait_log("streaming changes", WAIT);
+    for id in 1..=12 {
+        src.execute("INSERT INTO bin VALUES ($1, 'before')", &[&id])
+            .await
+            .unwrap();
+    }
+    src.batch_execute("TRUNCATE bin; INSERT INTO bin VALUES (100, 'after')")
+        .await
+        .unwrap();
+    // Where the records went.
+    let deadline = Instant::now() + WAIT;
+    let records = loop {
+        let all = moto.read_all("trunc");
+        if all.iter().any(|r| r["data"]["key"]["id"] == 100) {
+            break all;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the records never reached the stream"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let of_bin = |r: &&serde_json::Value| r["data"]["source"]["table"] == "bin";
+    let truncate_shard = records
+        .iter()
+        .filter(of_bin)
+        .find(|r| r["data"]["op"] == "t")
+        .map(|r| r["shard"].as_str().unwrap().to_string())
+        .expect("the truncate record");
+    let late: Vec<i64> = records
+        .iter()
+        .filter(of_bin)
+        .filter(|r| r["data"]["op"] == "c" && r["shard"] != truncate_shard.as_str())
+        .filter_map(|r| r["data"]["key"]["id"].as_i64())
+        .filter(|&id| id < 100)
+        .collect();
+    assert!(!late.is_empty(), "some inserts went to the other shard");
+    let other_shard = records
+        .iter()
+        .filter(of_bin)
+        .find(|r| r["data"]["key"]["id"].as_i64() == Some(late[0]))
+        .and_then(|r| r["shard"].as_str())
+        .unwrap()
+        .to_string();
+    let index: u64 = other_shard.rsplit('-').next().unwrap().parse().unwrap();
+    // One consumer, holding back the first read of that shard: its inserts come after the
+    // truncate.
+    let consumer = Proc::spawn(
+        &consume_args("trunc", &wh_url, &lake),
+        &[
+            e.clone(),
+            vec![("TOTES_CDC_FAULT", &format!("hold-shard:{index}"))],
+        ]
+        .concat(),
+    );
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let applied: i64 = wh
+            .query_one(
+                "SELECT count(*) FROM staging.bin WHERE id = ANY($1::int8[])",
+                &[&late],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if applied == late.len() as i64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the held shard was never applied"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let live: Vec<i32> = wh
+        .query(
+            "SELECT id FROM staging.bin WHERE NOT _deleted ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        live,
+        vec![100],
+        "only the row inserted after the truncate lives"
+    );
+    verify_passes(&src_url, &wh_url);
+    // The late inserts are history: in the lake once each.
+    support::lake::wait_settled(&wh).await;
+    let in_lake = lake_rows(
+        &lake,
+        "SELECT count(*), count(DISTINCT id) FROM changes WHERE tbl = 'public.bin' AND _op = 'c'",
+    );
+    assert_eq!(
+        in_lake[0],
+        vec![Some("13".to_string()), Some("13".to_string())]
+    );
+    drop(consumer);
+}

@@ -5,7 +5,7 @@ use crate::event::{TableSchema, ValueKind};
 use crate::pg::{ident, quote_ident};
 
 /// Bumped when the warehouse layout changes incompatibly.
-pub const SCHEMA_VERSION: i32 = 5;
+pub const SCHEMA_VERSION: i32 = 6;
 
 pub const TOTES_CDC_SQL: &str = include_str!("../../../sql/warehouse/00_totes_cdc.sql");
 pub const STAR_SQL: &str = include_str!("../../../sql/warehouse/01_star.sql");

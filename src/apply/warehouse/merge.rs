@@ -77,13 +77,32 @@ pub(super) async fn merge_into_staging(
         .filter(|c| !key.contains(c))
         .map(|c| format!("{c} = NULL, "))
         .collect();
+    let mirror = quote_literal(&m.staging);
     for ev in events.iter().filter(|e| e.op == Op::Truncate) {
         sql.push_str(&format!(
             "UPDATE {} SET {nulls}_deleted = true, _lsn = '{}', _seq = {}, _applied_at = now() \
              WHERE (_lsn, _seq) < ('{}'::pg_lsn, {});\n",
             m.staging, ev.position.lsn, ev.position.seq, ev.position.lsn, ev.position.seq
         ));
+        sql.push_str(&format!(
+            "INSERT INTO totes_cdc.truncations AS w (mirror, lsn, seq) VALUES ({mirror}, '{}', {}) \
+             ON CONFLICT (mirror) DO UPDATE SET lsn = EXCLUDED.lsn, seq = EXCLUDED.seq \
+             WHERE (w.lsn, w.seq) < (EXCLUDED.lsn, EXCLUDED.seq);\n",
+            ev.position.lsn, ev.position.seq
+        ));
     }
+    // A change older than the newest truncate that arrives after it (Kinesis orders per key,
+    // and a truncate travels on one shard): the truncate retires it as it would have.
+    let on: Vec<String> = key.iter().map(|k| format!("b.{k} = s.{k}")).collect();
+    sql.push_str(&format!(
+        "UPDATE {staging} s SET {nulls}_deleted = true, _lsn = w.lsn, _seq = w.seq, _applied_at = now() \
+         FROM totes_cdc.truncations w \
+         WHERE w.mirror = {mirror} AND (s._lsn, s._seq) < (w.lsn, w.seq) \
+           AND EXISTS (SELECT 1 FROM {batch} b WHERE {on} AND b._op <> 't');\n",
+        staging = m.staging,
+        batch = m.batch,
+        on = on.join(" AND "),
+    ));
     tx.batch_execute(&sql)
         .await
         .map_err(|e| err(&format!("merging into {}", m.staging), e))

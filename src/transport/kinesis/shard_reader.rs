@@ -53,6 +53,9 @@ impl ShardReader {
         client: &aws_sdk_kinesis::Client,
         limit: i32,
     ) -> Result<Page, KinesisError> {
+        if let Some(hold) = crate::fault::shard_hold(&self.shard) {
+            tokio::time::sleep(hold).await;
+        }
         // An expired iterator is renewed once; a second expiry in a row is an error to retry.
         for _ in 0..2 {
             let iterator = match self.iterator.clone() {

@@ -112,13 +112,32 @@ pub async fn source_state(client: &Client, tables: &[&str]) -> State {
     state
 }
 
+/// The value with every fractional number as the f64 it denotes: the envelope writes a float
+/// as PostgreSQL prints it (`-1.234e-06`), `to_jsonb` in its own way (`-0.000001234`), and
+/// serde_json (with `arbitrary_precision`) keeps each number's digits as written.
+fn floats_as_f64(v: &Value) -> Value {
+    match v {
+        Value::Number(n) if n.to_string().contains(['.', 'e', 'E']) => n
+            .as_f64()
+            .and_then(serde_json::Number::from_f64)
+            .map_or_else(|| v.clone(), Value::Number),
+        Value::Array(a) => Value::Array(a.iter().map(floats_as_f64).collect()),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, v)| (k.clone(), floats_as_f64(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
 /// Asserts two states are equal, printing the first differences.
 pub fn assert_same(captured: &State, source: &State) {
     let mut diffs = Vec::new();
     for (k, v) in source {
         match captured.get(k) {
             None => diffs.push(format!("missing {k:?}: {v}")),
-            Some(c) if c != v => {
+            Some(c) if floats_as_f64(c) != floats_as_f64(v) => {
                 diffs.push(format!("differs {k:?}:\n  captured {c}\n  source   {v}"))
             }
             _ => {}

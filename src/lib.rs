@@ -13,6 +13,7 @@ pub mod fault;
 pub mod fix;
 #[cfg(test)]
 mod fuzz;
+pub mod hash;
 pub mod lake;
 pub mod metrics;
 pub mod pg;

@@ -12,6 +12,7 @@
 //! its batch committed: until then it lies in `_staging/` under a `.staged` name (`writer`).
 
 pub mod arrow;
+pub mod names;
 pub mod read;
 pub mod store;
 pub mod writer;
@@ -228,7 +229,8 @@ pub fn changes_files(events: &[ChangeEvent]) -> Result<Vec<LakeFile>, String> {
         let last = evs.iter().map(|e| e.position).max().unwrap_or_default();
         files.push(LakeFile {
             path: format!(
-                "changes/{table}/date={date}/{}-{}.parquet",
+                "changes/{}/date={date}/{}-{}.parquet",
+                names::table_dir(&t.schema, &t.name),
                 position_name(first),
                 position_name(last)
             ),

@@ -23,6 +23,8 @@ pub struct ChangesFile {
     pub path: String,
     /// `schema.table`.
     pub table: String,
+    pub schema_name: String,
+    pub table_name: String,
     pub first: Position,
     pub last: Position,
 }
@@ -52,13 +54,16 @@ pub fn parse_changes_path(path: &str) -> Option<ChangesFile> {
     ) else {
         return None;
     };
-    if !date.starts_with("date=") || !table.contains('.') {
+    if !date.starts_with("date=") {
         return None;
     }
+    let (schema_name, table_name) = super::names::parse_table_dir(table)?;
     let (first, last) = name.strip_suffix(".parquet")?.split_once('-')?;
     Some(ChangesFile {
         path: path.to_string(),
-        table: table.to_string(),
+        table: format!("{schema_name}.{table_name}"),
+        schema_name,
+        table_name,
         first: parse_position(first)?,
         last: parse_position(last)?,
     })

@@ -447,3 +447,99 @@ async fn a_truncate_retires_older_rows_that_arrive_after_it_through_another_shar
     );
     drop(consumer);
 }
+
+/// Table names that could escape the lake or share a mirror: quotes, slashes and dots, `..`,
+/// `schema__table` look-alikes, and names at PostgreSQL's 63-byte limit.
+#[tokio::test(flavor = "multi_thread")]
+async fn any_table_name_gets_its_own_mirror_and_lake_folder() {
+    let pg = PgCluster::start();
+    let src = pg.create_db("src").await;
+    let wh = pg.create_db("wh").await;
+    totesys::create(&src).await;
+    let long_a = format!("{}a", "t".repeat(62));
+    let long_b = format!("{}b", "t".repeat(62));
+    let odd = [
+        ("public", "we\"ird/../../../escaped".to_string()),
+        ("public", "a__b__c".to_string()),
+        ("a", "b__c".to_string()),
+        ("a__b", "c".to_string()),
+        ("public", long_a.clone()),
+        ("public", long_b.clone()),
+        ("public", "..".to_string()),
+    ];
+    let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    let mut list = Vec::new();
+    for (schema, table) in &odd {
+        let name = format!("{}.{}", q(schema), q(table));
+        src.batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {}; CREATE TABLE {name} (id integer PRIMARY KEY, v text);",
+            q(schema)
+        ))
+        .await
+        .unwrap();
+        list.push(name);
+    }
+    src.batch_execute(&format!(
+        "CREATE PUBLICATION totes_cdc FOR TABLE address, counterparty, currency, department, design, \
+         payment, payment_type, purchase_order, sales_order, staff, \"transaction\", {}",
+        list.join(", ")
+    ))
+    .await
+    .unwrap();
+    let (src_url, wh_url) = (pg.url("src"), pg.url("wh"));
+    let state = support::temp_dir("names").to_string_lossy().into_owned();
+    let lake = format!("{state}/lake");
+    let _run = Proc::spawn(&run_args(&src_url, &wh_url, &state, &lake), &[]);
+    _run.wait_log("streaming changes", WAIT);
+    // Each table gets rows of its own: a mirror shared by two would mix them.
+    for (i, name) in list.iter().enumerate() {
+        src.batch_execute(&format!(
+            "INSERT INTO {name} SELECT g, '{i}' FROM generate_series(1, {}) g",
+            i + 1
+        ))
+        .await
+        .unwrap();
+    }
+    verify_passes(&src_url, &wh_url);
+    let mirrors: i64 = wh
+        .query_one(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'staging'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(mirrors as usize, 11 + odd.len(), "one mirror per table");
+    // Nothing outside the lake root, and each table's changes in a folder of its own.
+    support::lake::wait_settled(&wh).await;
+    fn parquet_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                parquet_files(&p, out);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                out.push(p);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    parquet_files(std::path::Path::new(&state), &mut files);
+    let outside: Vec<_> = files
+        .iter()
+        .filter(|f| {
+            !f.starts_with(format!("{lake}/changes")) && !f.starts_with(format!("{lake}/processed"))
+        })
+        .collect();
+    assert!(outside.is_empty(), "written outside the lake: {outside:?}");
+    let per_folder = lake_rows(
+        &lake,
+        "SELECT tbl, count(*), min(v), max(v) FROM changes WHERE _op = 'c' GROUP BY tbl ORDER BY tbl",
+    );
+    assert_eq!(per_folder.len(), odd.len(), "{per_folder:?}");
+    for row in &per_folder {
+        let n: usize = row[1].as_deref().unwrap().parse().unwrap();
+        let v: usize = row[2].as_deref().unwrap().parse().unwrap();
+        assert_eq!(row[2], row[3], "one table per folder: {row:?}");
+        assert_eq!(n, v + 1, "{row:?}");
+    }
+}

@@ -90,13 +90,34 @@ pub fn with_schema(sql: &str, schema: &str) -> String {
     sql.replace("{{schema}}", &ident(schema))
 }
 
-/// The staging mirror's bare name: the table's name for schema public, `schema__table` otherwise.
+/// The staging mirror's bare name: the table's name for schema public, `schema__table` otherwise
+/// — unless that could name two tables or not fit: a part holding `__` or `-`, or a name longer
+/// than 57 bytes (room for the batch table's `batch_` within PostgreSQL's 63). Those take
+/// `<readable prefix>-<16 hex digits of a hash of schema and table>`, which no plain name has.
 pub fn staging_name(schema: &str, table: &str) -> String {
-    if schema == "public" {
+    const MAX: usize = 57;
+    let plain = |s: &str| !s.is_empty() && !s.contains("__") && !s.contains('-');
+    let name = if schema == "public" {
         table.to_string()
     } else {
         format!("{schema}__{table}")
+    };
+    if plain(table) && (schema == "public" || plain(schema)) && name.len() <= MAX {
+        return name;
     }
+    let hash = crate::hash::fnv1a64(format!("{}\0{}", schema, table).as_bytes());
+    let readable: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(MAX - 17)
+        .collect();
+    format!("{readable}-{hash:016x}")
 }
 
 /// `staging.<name>`, quoted.
@@ -165,4 +186,30 @@ pub fn staging_ddl(t: &TableSchema) -> Vec<String> {
         ))
     ));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::staging_name;
+
+    #[test]
+    fn staging_names_never_collide_and_fit() {
+        assert_eq!(staging_name("public", "sales_order"), "sales_order");
+        assert_eq!(staging_name("sales", "orders"), "sales__orders");
+        let names = [
+            staging_name("a", "b__c"),
+            staging_name("a__b", "c"),
+            staging_name("public", "a__b__c"),
+            staging_name("public", &"x".repeat(80)),
+            staging_name("public", &format!("{}y", "x".repeat(80))),
+            staging_name("public", "a-b"),
+            staging_name("a", "b-c"),
+        ];
+        for (i, n) in names.iter().enumerate() {
+            assert!(n.len() <= 57, "{n}");
+            for m in &names[i + 1..] {
+                assert_ne!(n, m);
+            }
+        }
+    }
 }

@@ -70,8 +70,7 @@ pub(super) async fn open(
         if tables.contains_key(&f.table) {
             continue;
         }
-        let (schema, name) = f.table.split_once('.').unwrap_or(("public", &f.table));
-        match wh.table_schema(schema, name).await? {
+        match wh.table_schema(&f.schema_name, &f.table_name).await? {
             Some(t) => {
                 tables.insert(f.table.clone(), t);
             }

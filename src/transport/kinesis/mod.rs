@@ -128,15 +128,7 @@ pub async fn check_stream(
     }
 }
 
-/// FNV-1a, 64 bits: stable across builds, so a key keeps its shard across restarts.
-pub fn fnv1a64(data: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in data {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
+pub use crate::hash::fnv1a64;
 
 /// `schema.table/<key as JSON>`, so every version of a row lands on one shard, in order;
 /// hashed when longer than Kinesis allows.

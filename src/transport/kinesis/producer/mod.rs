@@ -101,7 +101,11 @@ async fn record_of(
                 ev.position, data.len()
             )));
         };
-        let path = format!("oversized/{table}/{}.json", position_name(ev.position));
+        let path = format!(
+            "oversized/{}/{}.json",
+            crate::lake::names::table_dir(&ev.table.schema, &ev.table.name),
+            position_name(ev.position)
+        );
         store.put(&path, Bytes::from(data.clone())).await?;
         stats.oversized.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(%table, position = %ev.position, bytes = data.len(), %path, "record over 1 MiB: stored in the lake, a pointer goes to the stream");

@@ -66,6 +66,10 @@ impl Catalog {
     }
 
     /// The control connection, reconnected if the server dropped it (a restart).
+    pub fn url(&self) -> &PgUrl {
+        &self.url
+    }
+
     pub async fn client(&mut self) -> Result<&Client, PgError> {
         self.ensure_connected().await?;
         Ok(&self.client)

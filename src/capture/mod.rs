@@ -1,6 +1,7 @@
 //! Capture: from a logical replication slot (pgoutput) to ordered change events, starting with
 //! a consistent initial snapshot, confirming to the server only what the sink made durable.
 
+pub mod backfill;
 pub mod catalog;
 mod error;
 pub mod heartbeat;
@@ -258,7 +259,25 @@ pub async fn run(
         ))
     });
 
-    let mut streamer = Streamer::new(catalog, allowed, confirmed, stats.clone(), cfg.until);
+    let snapshot_state = match cfg.snapshot {
+        SnapshotMode::Initial => state_file.load()?,
+        _ => None,
+    };
+    let backfill = backfill::Backfills::new(
+        &cfg.slot,
+        state_file.clone(),
+        snapshot_state,
+        &cfg.publication,
+        allowed.clone(),
+    );
+    let mut streamer = Streamer::new(
+        catalog,
+        allowed,
+        confirmed,
+        stats.clone(),
+        cfg.until,
+        backfill,
+    );
     let mut backoff = crate::retry::Backoff::new();
     let result = loop {
         let started = tokio::time::Instant::now();

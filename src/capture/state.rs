@@ -20,6 +20,12 @@ pub struct SnapshotState {
     /// `Position::snapshot`), at most `SNAPSHOT_ATTEMPTS` times.
     #[serde(default)]
     pub attempt: u32,
+    /// Tables (`schema.table`) to copy while streaming, in order (see `backfill`).
+    #[serde(default)]
+    pub backfill: Vec<String>,
+    /// Tables copied while streaming after the initial snapshot.
+    #[serde(default)]
+    pub backfilled: Vec<String>,
 }
 
 /// Where the state of one slot lives.

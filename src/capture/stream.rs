@@ -79,6 +79,8 @@ pub struct Streamer {
     unconfirmed: VecDeque<(Lsn, i64)>,
     /// events_total by (relation oid, op): no name is formatted per event.
     counters: HashMap<(u32, Op), prometheus::IntCounter>,
+    /// Tables copied while streaming (new in the publication, or asked for by `resync`).
+    backfill: super::backfill::Backfills,
 }
 
 impl Streamer {
@@ -88,6 +90,7 @@ impl Streamer {
         confirmed: Lsn,
         stats: Arc<CaptureStats>,
         until: Option<Lsn>,
+        backfill: super::backfill::Backfills,
     ) -> Self {
         stats.confirmed_lsn.store(confirmed.0, Ordering::Relaxed);
         Self {
@@ -101,6 +104,7 @@ impl Streamer {
             stats,
             unconfirmed: VecDeque::new(),
             counters: HashMap::new(),
+            backfill,
         }
     }
 
@@ -124,6 +128,11 @@ impl Streamer {
         self.relations.clear();
         self.unconfirmed.clear();
         self.stats.streaming.store(true, Ordering::Relaxed);
+        self.backfill.new_session();
+        // New tables of the publication are looked for now and then (a table that joined but
+        // has no changes yet sends no relation message).
+        let mut look = tokio::time::interval(std::time::Duration::from_secs(5));
+        look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if *shutdown.borrow() || self.until.is_some_and(|u| self.confirmed >= u) {
                 return Ok(SessionEnd::Shutdown);
@@ -142,6 +151,11 @@ impl Streamer {
                     Ok(None) => return Ok(SessionEnd::Closed),
                     Err(e) => return Err(SessionError::Replication(e)),
                 },
+                _ = look.tick() => self.backfill.check_publication(&mut self.catalog).await?,
+            }
+            // Between transactions: the next chunk of a table being copied, if one is due.
+            if self.tx.is_none() {
+                self.backfill.step(&mut self.catalog).await?;
             }
         }
     }
@@ -167,6 +181,11 @@ impl Streamer {
             self.confirmed = lsn;
             self.stats.confirmed_lsn.store(lsn.0, Ordering::Relaxed);
             client.update_applied_lsn(lsn);
+            if let Err(e) = self.backfill.confirmed(lsn) {
+                tracing::error!(
+                    "recording a finished copy failed (it is copied again after a restart): {e}"
+                );
+            }
             while self.unconfirmed.front().is_some_and(|(end, _)| *end <= lsn) {
                 self.unconfirmed.pop_front();
             }
@@ -225,6 +244,7 @@ impl Streamer {
                 self.stats
                     .last_commit_ts_us
                     .store(commit_ts_us.max(0) as u64, Ordering::Relaxed);
+                self.backfill.committed(end_lsn);
                 if let Some(tx) = self.tx.take() {
                     if tx.sent {
                         self.stats.transactions.fetch_add(1, Ordering::Relaxed);
@@ -263,9 +283,18 @@ impl Streamer {
                     self.confirm_after_sent(client, sink, wal_end);
                 }
             }
-            ReplicationEvent::Message { prefix, .. } => {
+            ReplicationEvent::Message {
+                prefix, content, ..
+            } => {
                 if prefix == super::heartbeat::PREFIX {
                     crate::metrics::get().heartbeats_total.inc();
+                } else if let Some((table, rows)) = self.backfill.message(&prefix, &content)? {
+                    // The high watermark: the chunk's rows no change superseded, as reads in
+                    // its transaction.
+                    for (key, row) in rows {
+                        self.emit(sink, table.clone(), Op::Read, None, Some(key), Some(row))
+                            .await?;
+                    }
                 }
             }
             ReplicationEvent::StoppedAt { .. } => {}
@@ -336,6 +365,7 @@ impl Streamer {
             key,
             after,
         };
+        self.backfill.saw_change(&ev);
         self.stats.events.fetch_add(1, Ordering::Relaxed);
         let counter = self.counters.entry((ev.table.oid, op)).or_insert_with(|| {
             crate::metrics::get()

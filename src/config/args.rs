@@ -48,6 +48,12 @@ pub struct ResyncArgs {
     /// Directory for local state (snapshot progress), as given to `run` or `stream`.
     #[arg(long, env = "TOTES_CDC_STATE_DIR", default_value = "./data/state")]
     pub state_dir: PathBuf,
+
+    /// Copy only this table again (`schema.table` or `table`), while the pipeline streams:
+    /// nothing stops and no other table is copied. May be given more than once. Without it,
+    /// the slot is dropped and every table copied again on the next start.
+    #[arg(long = "table", id = "table", value_name = "TABLE")]
+    pub table: Vec<String>,
 }
 
 #[derive(Debug, Clone, Args)]

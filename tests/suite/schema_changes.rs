@@ -400,25 +400,46 @@ async fn a_truncate_retires_older_rows_that_arrive_after_it_through_another_shar
         ]
         .concat(),
     );
+    // Both shards applied to their last record (the held one 8 s late).
+    let mut last: std::collections::BTreeMap<String, String> = Default::default();
+    for r in &records {
+        last.insert(
+            r["shard"].as_str().unwrap().to_string(),
+            r["seq"].as_str().unwrap().to_string(),
+        );
+    }
     let deadline = Instant::now() + WAIT;
     loop {
-        let applied: i64 = wh
-            .query_one(
-                "SELECT count(*) FROM staging.bin WHERE id = ANY($1::int8[])",
-                &[&late],
+        let cps: std::collections::BTreeMap<String, String> = wh
+            .query(
+                "SELECT shard_id, sequence_number FROM totes_cdc.shard_checkpoints \
+                 WHERE stream = 'trunc' AND sequence_number IS NOT NULL",
+                &[],
             )
             .await
             .unwrap()
-            .get(0);
-        if applied == late.len() as i64 {
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        if cps == last {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the held shard was never applied"
-        );
+        assert!(Instant::now() < deadline, "the shards were never applied");
         std::thread::sleep(Duration::from_millis(200));
     }
+    let applied: i64 = wh
+        .query_one(
+            "SELECT count(*) FROM staging.bin WHERE id = ANY($1::int8[])",
+            &[&late],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        applied,
+        late.len() as i64,
+        "the late inserts reached staging"
+    );
     let live: Vec<i32> = wh
         .query(
             "SELECT id FROM staging.bin WHERE NOT _deleted ORDER BY id",
@@ -542,4 +563,125 @@ async fn any_table_name_gets_its_own_mirror_and_lake_folder() {
         assert_eq!(row[2], row[3], "one table per folder: {row:?}");
         assert_eq!(n, v + 1, "{row:?}");
     }
+}
+
+/// Writes to `loyalty` until `stop`: updates, deletes and inserts of random rows, so the copy's
+/// windows see changes of the rows they read.
+fn spawn_loyalty_writer(url: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u32> {
+    tokio::spawn(async move {
+        let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        let mut n: i32 = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let id = 1 + (n * 7919) % 5000;
+            let sql = match n % 4 {
+                0 => format!("DELETE FROM loyalty WHERE id = {id}"),
+                1 => format!("INSERT INTO loyalty VALUES ({}, 'new', {n})", 5000 + n),
+                _ => {
+                    format!("UPDATE loyalty SET points = points + 1, tier = 'w{n}' WHERE id = {id}")
+                }
+            };
+            if db.batch_execute(&sql).await.is_err() {
+                break;
+            }
+            n += 1;
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        n as u32
+    })
+}
+
+async fn new_tables_and_resyncs_copy_while_streaming(mode: Mode) {
+    let moto = (mode == Mode::Stream).then(Moto::start);
+    if let Some(m) = &moto {
+        m.create_stream("schema", 2).await;
+    }
+    let pg = PgCluster::start();
+    let src = pg.create_db("src").await;
+    let wh = pg.create_db("wh").await;
+    totesys::create(&src).await;
+    totesys::publish(&src).await;
+    let (src_url, wh_url) = (pg.url("src"), pg.url("wh"));
+    let state = support::temp_dir("copies").to_string_lossy().into_owned();
+    let lake = format!("{state}/lake");
+    let oracle = support::spawn_oracle(&src_url, &format!("{state}/oracle"));
+    let mut p = Pipeline::start(mode, &src_url, &wh_url, &state, moto.as_ref());
+    let stop = Arc::new(AtomicBool::new(false));
+    let workload = totesys::spawn_workload(src_url.clone(), stop.clone(), PACE);
+    std::thread::sleep(Duration::from_millis(1000));
+
+    // A table with rows joins the publication while it is being written: copied in chunks
+    // (5,000 rows: three of them), its changes streamed, the capture killed right after.
+    src.batch_execute(
+        "CREATE TABLE loyalty (id integer PRIMARY KEY, tier text, points bigint);
+         INSERT INTO loyalty SELECT g, 'base', g * 10 FROM generate_series(1, 5000) g;",
+    )
+    .await
+    .unwrap();
+    let writer = spawn_loyalty_writer(src_url.clone(), stop.clone());
+    std::thread::sleep(Duration::from_millis(300));
+    src.batch_execute("ALTER PUBLICATION totes_cdc ADD TABLE loyalty")
+        .await
+        .unwrap();
+    p.kill_capture();
+    std::thread::sleep(Duration::from_millis(2500));
+    // And again in the middle of the copy.
+    p.kill_capture();
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // A mirror repaired by hand is copied again on demand; a re-copy of an unchanged table
+    // adds no fact version.
+    wh.batch_execute("UPDATE staging.staff SET first_name = 'wrecked' WHERE staff_id = 3")
+        .await
+        .unwrap();
+    for table in ["staff", "sales_order"] {
+        let (status, out, err) =
+            support::run(&["resync", "--source-url", &src_url, "--table", table], &[]);
+        assert!(status.success(), "{out}{err}");
+        assert!(out.contains("copy"), "{out}");
+    }
+    std::thread::sleep(Duration::from_millis(2000));
+    stop.store(true, Ordering::Relaxed);
+    assert!(workload.await.unwrap() > 50);
+    assert!(writer.await.unwrap() > 50);
+
+    wait_star(&src, &wh, WAIT).await;
+    verify_passes(&src_url, &wh_url);
+    let first_name = one(
+        &wh,
+        "SELECT first_name FROM staging.staff WHERE staff_id = 3",
+    )
+    .await;
+    assert_ne!(first_name.as_deref(), Some("wrecked"));
+    support::wait_oracle_caught_up(&oracle, &src, WAIT).await;
+    let expected = star::oracle_versions(&oracle.events());
+    support::assert_same_sets("fact versions", &expected, &star::fact_versions(&wh).await);
+    let dead: i64 = wh
+        .query_one("SELECT count(*) FROM totes_cdc.dead_letters", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(dead, 0);
+    // The lake holds each change once; the copied rows are there as reads.
+    support::lake::wait_settled(&wh).await;
+    support::lake::assert_each_change_once(&wh, &lake).await;
+    let reads = lake_rows(
+        &lake,
+        "SELECT count(DISTINCT id) FROM changes WHERE tbl = 'public.loyalty' AND _op = 'r'",
+    );
+    let copied: usize = reads[0][0].as_deref().unwrap().parse().unwrap();
+    assert!(copied > 4000, "the copy's rows are in the lake ({copied})");
+    drop(moto);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_copies_new_tables_and_resyncs_while_streaming() {
+    new_tables_and_resyncs_copy_while_streaming(Mode::Run).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stream_copies_new_tables_and_resyncs_while_streaming() {
+    new_tables_and_resyncs_copy_while_streaming(Mode::Stream).await;
 }

@@ -64,8 +64,35 @@ pub(super) fn group_by_table(events: &[ChangeEvent]) -> BTreeMap<String, Vec<Cha
     }
     for events in groups.values_mut() {
         resolve_unchanged_toast(events);
+        drop_repeated_reads(events);
     }
     groups
+}
+
+/// A read that repeats the row its key's previous event in the batch left (a table copied
+/// again while streaming, whose chunk lands in the batch of the change it repeats) is no
+/// change; a read that repeats what staging holds is left out in SQL (`merge`).
+pub(super) fn drop_repeated_reads(events: &mut Vec<ChangeEvent>) {
+    if !events.iter().any(|e| e.op == Op::Read) {
+        return;
+    }
+    let mut last: HashMap<Vec<Datum>, Option<Vec<Datum>>> = HashMap::new();
+    events.retain(|ev| {
+        let Some(key) = &ev.key else {
+            if ev.op == Op::Truncate {
+                last.clear();
+            }
+            return true;
+        };
+        let repeated = ev.op == Op::Read
+            && last
+                .get(key)
+                .is_some_and(|prev| prev.is_some() && *prev == ev.after);
+        if !repeated {
+            last.insert(key.clone(), ev.after.clone());
+        }
+        !repeated
+    });
 }
 
 /// An unchanged TOASTed value takes the value of the same row's previous event in the batch;

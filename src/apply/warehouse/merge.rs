@@ -49,6 +49,31 @@ pub(super) async fn merge_into_staging(
         ));
     }
     let cols: Vec<String> = m.columns.iter().map(|c| quote_ident(c)).collect();
+    // A read identical to what staging holds (a table copied again: after a crash, for
+    // `resync --table`, or rows a chunk read that an earlier change already brought) is no
+    // change: it leaves staging and the star's history as they are.
+    if events.iter().any(|e| e.op == Op::Read) {
+        let same: Vec<String> = cols
+            .iter()
+            .filter(|c| !key.contains(c))
+            .map(|c| format!("s.{c}::text"))
+            .collect();
+        let theirs: Vec<String> = cols
+            .iter()
+            .filter(|c| !key.contains(c))
+            .map(|c| format!("b.{c}::text"))
+            .collect();
+        let join: Vec<String> = key.iter().map(|k| format!("b.{k} = s.{k}")).collect();
+        sql.push_str(&format!(
+            "DELETE FROM {batch} b USING {staging} s WHERE b._op = 'r' AND {join} AND NOT s._deleted \
+             AND ROW({same}) IS NOT DISTINCT FROM ROW({theirs});\n",
+            batch = m.batch,
+            staging = m.staging,
+            join = join.join(" AND "),
+            same = same.join(", "),
+            theirs = theirs.join(", "),
+        ));
+    }
     let sets: Vec<String> = cols
         .iter()
         .filter(|c| !key.contains(c))

@@ -4,7 +4,9 @@
 CREATE PUBLICATION totes_cdc FOR TABLE
     public.address, public.counterparty, public.currency, public.department, public.design,
     public.payment, public.payment_type, public.purchase_order, public.sales_order,
-    public.staff, public."transaction";
+    public.staff, public."transaction"
+    -- Partitions publish as their root (one mirror per partitioned table).
+    WITH (publish_via_partition_root = true);
 
 -- A publication that exists but lacks a table:
 --   ALTER PUBLICATION totes_cdc ADD TABLE public.some_table;

@@ -50,7 +50,12 @@ struct Window {
 }
 
 struct Current {
+    /// The state entry of this job.
+    job: String,
+    /// The captured table (a partitioned table's root for partition jobs).
     name: TableName,
+    /// For a detached partition: the table whose keys leave the root's mirror.
+    retire: Option<TableName>,
     table: Arc<TableSchema>,
     chunk: u32,
     /// The last key read (the next chunk starts after it).
@@ -136,6 +141,7 @@ impl Backfills {
         if !self.copy_new {
             return Ok(());
         }
+        let url = catalog.url().clone();
         let client = catalog.client().await?;
         let rows = client
             .query(
@@ -144,19 +150,61 @@ impl Backfills {
                 &[&self.publication],
             )
             .await
-            .map_err(|e| {
-                catalog
-                    .url()
-                    .query_error("listing the publication's tables", e)
-            })?;
+            .map_err(|e| url.query_error("listing the publication's tables", e))?;
+        let mut published = HashSet::new();
         for r in rows {
             let t = TableName::new(r.get(0), r.get(1));
+            published.insert(t.to_string());
             if self.captured(&t) && !self.known.contains(&t.to_string()) {
                 self.known.insert(t.to_string());
                 self.queue(&t, "a table joined the publication")?;
             }
         }
-        Ok(())
+        // Partitions publish as their root: one attached since brings rows no change carried
+        // (the root is copied again; rows it already holds are no change), one detached takes
+        // its rows out of the root (its keys leave the mirror).
+        let rows = client
+            .query(
+                "SELECT pn.nspname::text || '.' || p.relname::text, cn.nspname::text || '.' || c.relname::text \
+                 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+                 JOIN pg_class p ON p.oid = i.inhparent AND p.relkind = 'p' \
+                 JOIN pg_namespace cn ON cn.oid = c.relnamespace \
+                 JOIN pg_namespace pn ON pn.oid = p.relnamespace",
+                &[],
+            )
+            .await
+            .map_err(|e| url.query_error("listing partitions", e))?;
+        let mut now: Vec<String> = rows
+            .iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+            .filter(|(root, _)| published.contains(root))
+            .map(|(root, part)| format!("{root}>{part}"))
+            .collect();
+        now.sort();
+        let Some(before) = self.state.partitions.clone() else {
+            self.state.partitions = Some(now);
+            return self.state_file.store(&self.state);
+        };
+        if before == now {
+            return Ok(());
+        }
+        for pair in now.iter().filter(|p| !before.contains(p)) {
+            if let Some((root, part)) = pair.split_once('>') {
+                tracing::info!(partition = %part, root = %root, "a partition was attached");
+                self.queue(&TableName::parse(root), "a partition was attached")?;
+            }
+        }
+        for pair in before.iter().filter(|p| !now.contains(p)) {
+            if let Some((root, part)) = pair.split_once('>') {
+                tracing::info!(partition = %part, root = %root, "a partition was detached: its rows leave the mirror");
+                let job = format!("{RETIRE}{part}>{root}");
+                if !self.state.backfill.contains(&job) {
+                    self.state.backfill.push(job);
+                }
+            }
+        }
+        self.state.partitions = Some(now);
+        self.state_file.store(&self.state)
     }
 
     /// A logical message of the stream: a signal, or a watermark of the current window. At the
@@ -224,9 +272,14 @@ impl Backfills {
             .collect();
         c.chunk += 1;
         if w.last {
-            self.ending = Some(c.name.to_string());
+            self.ending = Some(c.job.clone());
         }
-        Ok(Some((c.table.clone(), rows)))
+        let op = if c.retire.is_some() {
+            Op::Delete
+        } else {
+            Op::Read
+        };
+        Ok(Some((c.table.clone(), op, rows)))
     }
 
     /// A change of the stream: inside a window, its key leaves the chunk (the change is newer).
@@ -260,9 +313,9 @@ impl Backfills {
             let Some((_, t)) = self.finishing.pop_front() else {
                 break;
             };
-            tracing::info!(table = %t, "copied while streaming: done");
+            tracing::info!(job = %t, "done while streaming");
             self.state.backfill.retain(|b| b != &t);
-            if !self.state.backfilled.contains(&t) {
+            if !t.starts_with(RETIRE) && !self.state.backfilled.contains(&t) {
                 self.state.backfilled.push(t);
             }
             changed = true;
@@ -290,7 +343,18 @@ impl Backfills {
             else {
                 return Ok(());
             };
-            let t = TableName::parse(&name);
+            let (t, retire) = match name.strip_prefix(RETIRE).and_then(|r| r.split_once('>')) {
+                Some((part, root)) => (TableName::parse(root), Some(TableName::parse(part))),
+                None => (TableName::parse(&name), None),
+            };
+            if let Some(part) = &retire {
+                if catalog.table_oid(part).await?.is_none() {
+                    tracing::error!(partition = %part, root = %t, "a detached partition was dropped before its rows could leave the mirror of its former root: run `totes-cdc resync` (without --table) to copy every table again");
+                    self.state.backfill.retain(|b| b != &name);
+                    self.state_file.store(&self.state)?;
+                    return Ok(());
+                }
+            }
             let table = match catalog.table_schema(&t, &self.publication).await {
                 Ok(table) => table,
                 Err(CaptureError::NoTable { .. }) => {
@@ -308,7 +372,9 @@ impl Backfills {
                 });
             }
             self.current = Some(Current {
+                job: name,
                 name: t,
+                retire,
                 table,
                 chunk: 0,
                 after: None,
@@ -329,7 +395,14 @@ impl Backfills {
             )
             .await
             .map_err(|e| url.query_error("writing a low watermark", e))?;
-        let (order, rows) = read_chunk(client, &url, &c.table, c.after.as_deref()).await?;
+        let (order, rows) = read_chunk(
+            client,
+            &url,
+            &c.table,
+            c.retire.as_ref(),
+            c.after.as_deref(),
+        )
+        .await?;
         client
             .execute(
                 "SELECT pg_logical_emit_message(true, $1, $2)",
@@ -355,18 +428,43 @@ impl Backfills {
 
 type Chunk = (Vec<Vec<Datum>>, HashMap<Vec<Datum>, Vec<Datum>>);
 
-/// A chunk's table and its rows to emit, (key, row) in key order.
-pub type ChunkRows = (Arc<TableSchema>, Vec<(Vec<Datum>, Vec<Datum>)>);
+/// A chunk's table, the op its rows are emitted as (reads, or deletes for a detached
+/// partition's keys), and its rows, (key, row) in key order.
+pub type ChunkRows = (Arc<TableSchema>, Op, Vec<(Vec<Datum>, Vec<Datum>)>);
 
-/// The next chunk of `t` after key `after`, in key order.
+const RETIRE: &str = "retire:";
+
+/// The next chunk of `t` after key `after`, in key order; for a detached partition `retire`,
+/// the keys it holds that `t` does not.
 async fn read_chunk(
     client: &tokio_postgres::Client,
     url: &crate::pg::PgUrl,
     t: &TableSchema,
+    retire: Option<&TableName>,
     after: Option<&[Datum]>,
 ) -> Result<Chunk, CaptureError> {
-    let cols: Vec<String> = t.columns.iter().map(|c| quote_ident(&c.name)).collect();
-    let key: Vec<String> = t.key.iter().map(|&i| cols[i].clone()).collect();
+    let every: Vec<String> = t.columns.iter().map(|c| quote_ident(&c.name)).collect();
+    let key: Vec<String> = t.key.iter().map(|&i| every[i].clone()).collect();
+    let (cols, from) = match retire {
+        None => (
+            every.clone(),
+            format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name)),
+        ),
+        Some(part) => {
+            let on: Vec<String> = key.iter().map(|k| format!("r.{k} = d.{k}")).collect();
+            (
+                key.iter().map(|k| format!("d.{k}")).collect(),
+                format!(
+                    "{}.{} d WHERE NOT EXISTS (SELECT 1 FROM {}.{} r WHERE {})",
+                    quote_ident(&part.schema),
+                    quote_ident(&part.name),
+                    quote_ident(&t.schema),
+                    quote_ident(&t.name),
+                    on.join(" AND ")
+                ),
+            )
+        }
+    };
     let filter = match after {
         None => String::new(),
         Some(k) => {
@@ -383,14 +481,17 @@ async fn read_chunk(
                     _ => "NULL".to_string(),
                 })
                 .collect();
-            format!(" WHERE ({}) > ({})", key.join(", "), values.join(", "))
+            format!(
+                " {} ({}) > ({})",
+                if retire.is_some() { "AND" } else { "WHERE" },
+                key.join(", "),
+                values.join(", ")
+            )
         }
     };
     let sql = format!(
-        "COPY (SELECT {} FROM {}.{}{filter} ORDER BY {} LIMIT {CHUNK_ROWS}) TO STDOUT",
+        "COPY (SELECT {} FROM {from}{filter} ORDER BY {} LIMIT {CHUNK_ROWS}) TO STDOUT",
         cols.join(", "),
-        quote_ident(&t.schema),
-        quote_ident(&t.name),
         key.join(", ")
     );
     let name = t.qualified_name();
@@ -409,14 +510,16 @@ async fn read_chunk(
     let mut start = 0;
     for i in 0..all.len() {
         if all[i] == b'\n' {
-            let row = parse_row(&all.slice(start..i), t.columns.len()).map_err(|m| {
-                CaptureError::Stream {
+            let row =
+                parse_row(&all.slice(start..i), cols.len()).map_err(|m| CaptureError::Stream {
                     message: format!("a chunk of {name}: {m}"),
                     hint: "this is a bug; please report it with the table's definition".into(),
-                }
-            })?;
+                })?;
             start = i + 1;
-            let k = ChangeEvent::key_of(t, &row);
+            let k = match retire {
+                None => ChangeEvent::key_of(t, &row),
+                Some(_) => row.clone(),
+            };
             order.push(k.clone());
             rows.insert(k, row);
         }

@@ -26,6 +26,10 @@ pub struct SnapshotState {
     /// Tables copied while streaming after the initial snapshot.
     #[serde(default)]
     pub backfilled: Vec<String>,
+    /// Partitions of the captured partitioned tables (`root>partition`), last seen: one attached
+    /// or detached since is followed (`None` until first looked at).
+    #[serde(default)]
+    pub partitions: Option<Vec<String>>,
 }
 
 /// Where the state of one slot lives.

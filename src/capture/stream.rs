@@ -288,11 +288,12 @@ impl Streamer {
             } => {
                 if prefix == super::heartbeat::PREFIX {
                     crate::metrics::get().heartbeats_total.inc();
-                } else if let Some((table, rows)) = self.backfill.message(&prefix, &content)? {
-                    // The high watermark: the chunk's rows no change superseded, as reads in
-                    // its transaction.
+                } else if let Some((table, op, rows)) = self.backfill.message(&prefix, &content)? {
+                    // The high watermark: the chunk's rows no change superseded, as reads (or
+                    // a detached partition's keys as deletes) in its transaction.
                     for (key, row) in rows {
-                        self.emit(sink, table.clone(), Op::Read, None, Some(key), Some(row))
+                        let after = (op == Op::Read).then_some(row);
+                        self.emit(sink, table.clone(), op, None, Some(key), after)
                             .await?;
                     }
                 }

@@ -52,7 +52,12 @@ pub async fn run(args: SetupArgs) -> Result<()> {
         .collect::<Vec<_>>()
         .join(", ");
     if !preflight::publication_exists(&client, &url, publication).await? {
-        let sql = format!("CREATE PUBLICATION {} FOR TABLE {list}", ident(publication));
+        // Partitions publish as their root: one mirror per partitioned table, and partitions
+        // attached later publish without changing the publication.
+        let sql = format!(
+            "CREATE PUBLICATION {} FOR TABLE {list} WITH (publish_via_partition_root = true)",
+            ident(publication)
+        );
         client.batch_execute(&sql).await.map_err(|e| {
             anyhow::anyhow!(
                 "could not create publication \"{publication}\": {}. Ask the owner of the tables (or a superuser) to run: {sql};",

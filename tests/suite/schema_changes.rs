@@ -685,3 +685,130 @@ async fn run_copies_new_tables_and_resyncs_while_streaming() {
 async fn stream_copies_new_tables_and_resyncs_while_streaming() {
     new_tables_and_resyncs_copy_while_streaming(Mode::Stream).await;
 }
+
+/// A table identified by its whole row (REPLICA IDENTITY FULL, no key) is refused by `setup`
+/// with the reason and the fix; after the fix it is mirrored, NULLs and large values included.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_table_without_a_key_is_refused_by_setup_and_mirrored_after_the_fix() {
+    let pg = PgCluster::start();
+    let src = pg.create_db("src").await;
+    pg.create_db("wh").await;
+    totesys::create(&src).await;
+    totesys::publish(&src).await;
+    src.batch_execute(
+        "CREATE TABLE notes (n integer, body text);
+         ALTER TABLE notes REPLICA IDENTITY FULL;
+         INSERT INTO notes VALUES (1, NULL), (2, repeat('x', 20000)), (3, 'three');
+         ALTER PUBLICATION totes_cdc ADD TABLE notes;",
+    )
+    .await
+    .unwrap();
+    let (src_url, wh_url) = (pg.url("src"), pg.url("wh"));
+    let (status, _, err) = support::run(
+        &[
+            "setup",
+            "--source-url",
+            &src_url,
+            "--warehouse-url",
+            &wh_url,
+        ],
+        &[],
+    );
+    assert_eq!(status.code(), Some(1));
+    let report = support::error_report(&err);
+    for needle in [
+        "public.notes",
+        "no primary key",
+        "REPLICA IDENTITY USING INDEX",
+    ] {
+        assert!(report.contains(needle), "{needle} not in: {report}");
+    }
+    // The documented fix: a unique index on NOT NULL columns as the replica identity.
+    src.batch_execute(
+        "ALTER TABLE notes ALTER COLUMN n SET NOT NULL;
+         CREATE UNIQUE INDEX notes_n ON notes (n);
+         ALTER TABLE notes REPLICA IDENTITY USING INDEX notes_n;",
+    )
+    .await
+    .unwrap();
+    support::setup(&src_url, &wh_url, &[]);
+    let state = support::temp_dir("keyless").to_string_lossy().into_owned();
+    let _run = Proc::spawn(
+        &run_args(&src_url, &wh_url, &state, &format!("{state}/lake")),
+        &[],
+    );
+    _run.wait_log("streaming changes", WAIT);
+    src.batch_execute(
+        "INSERT INTO notes VALUES (4, NULL), (5, repeat('y', 30000));
+         UPDATE notes SET body = NULL WHERE n = 3;
+         DELETE FROM notes WHERE n = 1;",
+    )
+    .await
+    .unwrap();
+    verify_passes(&src_url, &wh_url);
+}
+
+/// Partitions publish as their root: rows of every partition land in the root's mirror; an
+/// attached partition's rows are copied, a detached one's leave the mirror, while streaming.
+#[tokio::test(flavor = "multi_thread")]
+async fn partitions_land_in_the_root_mirror_and_attach_and_detach_are_followed() {
+    let pg = PgCluster::start();
+    let src = pg.create_db("src").await;
+    let wh = pg.create_db("wh").await;
+    totesys::create(&src).await;
+    src.batch_execute(
+        "CREATE TABLE visits (id integer, region text, note text, PRIMARY KEY (id, region))
+             PARTITION BY LIST (region);
+         CREATE TABLE visits_eu PARTITION OF visits FOR VALUES IN ('eu');
+         CREATE TABLE visits_us PARTITION OF visits FOR VALUES IN ('us');
+         INSERT INTO visits SELECT g, CASE WHEN g % 2 = 0 THEN 'eu' ELSE 'us' END, 'n' || g
+             FROM generate_series(1, 100) g;",
+    )
+    .await
+    .unwrap();
+    let (src_url, wh_url) = (pg.url("src"), pg.url("wh"));
+    // `setup` creates the publication (every table of schema public, partitions via the root).
+    support::setup(&src_url, &wh_url, &[]);
+    let state = support::temp_dir("parts").to_string_lossy().into_owned();
+    let _run = Proc::spawn(
+        &run_args(&src_url, &wh_url, &state, &format!("{state}/lake")),
+        &[],
+    );
+    _run.wait_log("streaming changes", WAIT);
+    src.batch_execute(
+        "INSERT INTO visits VALUES (101, 'eu', 'x'), (102, 'us', 'y');
+         UPDATE visits SET note = 'moved' WHERE id = 3;",
+    )
+    .await
+    .unwrap();
+    verify_passes(&src_url, &wh_url);
+    let partitions: i64 = wh
+        .query_one(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'staging' AND tablename LIKE 'visits%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(partitions, 1, "one mirror for the partitioned table");
+    // A partition with rows attached, another detached, while streaming.
+    src.batch_execute(
+        "CREATE TABLE visits_ap (LIKE visits INCLUDING ALL);
+         INSERT INTO visits_ap SELECT g, 'ap', 'ap' || g FROM generate_series(1000, 1199) g;
+         ALTER TABLE visits ATTACH PARTITION visits_ap FOR VALUES IN ('ap');
+         ALTER TABLE visits DETACH PARTITION visits_us;
+         INSERT INTO visits VALUES (2000, 'ap', 'after');",
+    )
+    .await
+    .unwrap();
+    verify_passes(&src_url, &wh_url);
+    let us: i64 = wh
+        .query_one(
+            "SELECT count(*) FROM staging.visits WHERE region = 'us' AND NOT _deleted",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(us, 0, "the detached partition's rows left the mirror");
+}

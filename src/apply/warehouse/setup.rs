@@ -41,6 +41,14 @@ pub(super) async fn setup(
         .await
         .map_err(|e| err("loading ISO 4217 currency names", e))?;
     for t in tables {
+        // A mirror is keyed by the source's primary key or replica identity index: a table
+        // identified by its whole row (REPLICA IDENTITY FULL, no key) could hold NULLs and
+        // values too large for an index there.
+        if t.keyless || t.key.is_empty() {
+            return Err(ApplyError::NoKey {
+                table: t.qualified_name(),
+            });
+        }
         for stmt in ddl::staging_ddl(t) {
             tx.batch_execute(&stmt).await.map_err(|e| {
                 err(

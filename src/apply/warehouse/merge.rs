@@ -52,7 +52,9 @@ pub(super) async fn merge_into_staging(
     // A read identical to what staging holds (a table copied again: after a crash, for
     // `resync --table`, or rows a chunk read that an earlier change already brought) is no
     // change: it leaves staging and the star's history as they are.
-    if events.iter().any(|e| e.op == Op::Read) {
+    // Not across a truncate in the batch: it retires what staging holds, the reads after it
+    // bring the rows back.
+    if events.iter().any(|e| e.op == Op::Read) && !events.iter().any(|e| e.op == Op::Truncate) {
         let same: Vec<String> = cols
             .iter()
             .filter(|c| !key.contains(c))

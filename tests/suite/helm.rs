@@ -1,6 +1,6 @@
-//! The Helm chart (helm/totes-cdc). It is rendered with Go's text/template and the sprig
-//! functions, the engine Helm itself uses (tests/support/chart_render), and every manifest is
-//! validated against the Kubernetes 1.30 schemas, unknown fields included (kubernetes-validate).
+//! The Helm chart (helm/totes-cdc), through Helm itself: `helm lint --strict` in both modes,
+//! `helm template` (values.schema.json refusing bad values), and every manifest validated
+//! against the Kubernetes 1.30 schemas, unknown fields included (kubernetes-validate).
 //! Then the pods are run as the manifests describe them — the container's args and environment,
 //! with only the Secret's URLs, the state volume and the AWS endpoint filled in — against real
 //! PostgreSQL and moto: the setup hook prepares the source, and both deployment modes move the
@@ -11,7 +11,6 @@ use crate::support;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -23,28 +22,35 @@ use support::{totesys, PgCluster, Proc};
 const WAIT: Duration = Duration::from_secs(120);
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/helm/totes-cdc");
 
-/// The renderer, built once per test binary from Debian's Go and sprig packages.
-fn renderer() -> &'static PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-        let out = tmp.join("chart_render");
-        let status = Command::new("go")
-            .args(["build", "-o"])
-            .arg(&out)
-            .arg(".")
-            .current_dir(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/support/chart_render"
-            ))
-            .env("GO111MODULE", "off")
-            .env("GOPATH", "/usr/share/gocode")
-            .env("GOCACHE", tmp.join("gocache"))
-            .status()
-            .expect("go not found: install golang-go and golang-github-masterminds-sprig-dev (make test does)");
-        assert!(status.success(), "building the chart renderer failed");
-        out
-    })
+/// Helm itself: `TOTES_CDC_HELM`, else the one `make deps` installs into `.tools/bin`, else
+/// `helm` on the PATH.
+fn helm() -> PathBuf {
+    if let Ok(p) = std::env::var("TOTES_CDC_HELM") {
+        return PathBuf::from(p);
+    }
+    let local = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.tools/bin/helm"));
+    if local.exists() {
+        local
+    } else {
+        PathBuf::from("helm")
+    }
+}
+
+/// Runs helm with `args`; its stdout, or its stderr when it fails.
+fn run_helm(args: &[&str]) -> Result<String, String> {
+    let out = Command::new(helm())
+        .args(args)
+        .output()
+        .expect("helm not found: `make deps` installs it into .tools/bin");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
 }
 
 /// Renders the chart with `values` (YAML) over values.yaml; the manifests as JSON, each
@@ -53,14 +59,16 @@ fn render(values: &str) -> Result<Vec<Value>, String> {
     let dir = support::temp_dir("chart");
     let file = dir.join("values.yaml");
     std::fs::write(&file, values).expect("values file");
-    let out = Command::new(renderer())
-        .arg(CHART)
-        .arg(&file)
-        .output()
-        .expect("chart_render");
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
+    let file = file.to_string_lossy().into_owned();
+    let rendered = run_helm(&[
+        "template",
+        "totes-cdc",
+        CHART,
+        "--namespace",
+        "cdc",
+        "-f",
+        &file,
+    ])?;
     let mut check = Command::new("python3")
         .args([
             concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/check_chart.py"),
@@ -74,14 +82,16 @@ fn render(values: &str) -> Result<Vec<Value>, String> {
     {
         use std::io::Write;
         let mut stdin = check.stdin.take().expect("stdin");
-        stdin.write_all(&out.stdout).expect("write manifests");
+        stdin
+            .write_all(rendered.as_bytes())
+            .expect("write manifests");
     }
     let checked = check.wait_with_output().expect("check_chart.py");
     assert!(
         checked.status.success(),
         "the rendered manifests are not valid Kubernetes objects:\n{}\n{}",
         String::from_utf8_lossy(&checked.stderr),
-        String::from_utf8_lossy(&out.stdout)
+        rendered
     );
     Ok(serde_json::from_slice::<Vec<Value>>(&checked.stdout).expect("manifests as JSON"))
 }
@@ -281,9 +291,53 @@ fn the_chart_renders_valid_manifests_for_both_modes() {
             .any(|m| m["name"] == "ca" && m["mountPath"] == "/etc/totes-cdc/ca"));
     }
 
-    // A wrong mode stops the render with the choices.
-    let err = render("mode: sideways\n").unwrap_err();
-    assert!(err.contains("mode must be embedded or streaming"), "{err}");
+    // values.schema.json refuses bad values before anything renders, naming the value.
+    for (values, expected) in [
+        ("mode: sideways\n", "mode must be one of the following"),
+        (
+            "consume: {replicas: 0}\n",
+            "consume.replicas: Must be greater than or equal to 1",
+        ),
+        (
+            "moed: streaming\n",
+            "Additional property moed is not allowed",
+        ),
+        (
+            "consume: {leaseTimeout: 15}\n",
+            "consume.leaseTimeout: Invalid type",
+        ),
+        (
+            "config: {slot: Bad-Slot}\n",
+            "config.slot: Does not match pattern",
+        ),
+    ] {
+        let err = render(values).unwrap_err();
+        assert!(err.contains(expected), "{values}: {err}");
+    }
+}
+
+/// `helm lint` passes in both modes, and fails on a broken copy of the chart.
+#[test]
+fn helm_lint_passes_in_both_modes_and_fails_a_broken_chart() {
+    for mode in ["embedded", "streaming"] {
+        let out = run_helm(&["lint", "--strict", CHART, "--set", &format!("mode={mode}")])
+            .unwrap_or_else(|e| panic!("helm lint ({mode}): {e}"));
+        assert!(out.contains("0 chart(s) failed"), "{out}");
+    }
+    let broken = support::temp_dir("broken-chart").join("totes-cdc");
+    let copy = Command::new("cp")
+        .args(["-r", CHART])
+        .arg(&broken)
+        .status()
+        .expect("cp");
+    assert!(copy.success());
+    std::fs::write(
+        broken.join("templates/broken.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Values.nothing.here }}\n",
+    )
+    .unwrap();
+    let err = run_helm(&["lint", "--strict", &broken.to_string_lossy()]).unwrap_err();
+    assert!(err.contains("1 chart(s) failed"), "{err}");
 }
 
 /// The environment of a rendered container with the Secret's URLs, the pod name, the state

@@ -1,7 +1,7 @@
 # totes-cdc — the two commands a newcomer needs are `make run` and `make test`.
 CARGO ?= cargo
 
-.PHONY: run test build lint bench fuzz deps clean
+.PHONY: run test build lint bench fuzz deps clean deploy-check
 
 ## run: the whole pipeline on a laptop, on generated totesys data (Ctrl-C stops it)
 run: deps
@@ -31,6 +31,11 @@ lint:
 bench: deps
 	$(CARGO) build --release --bin totes-cdc
 	./scripts/bench.sh
+
+## deploy-check: the deployment under helm lint, checkov, hadolint, yamllint, actionlint and
+## terraform fmt (make test runs them too)
+deploy-check: deps
+	./scripts/deploy-check.sh
 
 deps:
 	@./scripts/deps.sh

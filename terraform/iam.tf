@@ -1,6 +1,7 @@
 # One role per component, assumed by its Kubernetes service account through IRSA. Each grants
 # the AWS calls that component makes (tests/terraform.rs checks them against the code):
-#   capture (`stream` in streaming mode, `run` in embedded mode): publish + lake
+#   capture: `run` (embedded mode) lake; `stream` (streaming mode) publish + oversized (it may
+#            only put objects under the lake's oversized/ prefix)
 #   consume (streaming mode): read_stream + lake
 # The lake policy covers every lake call: `run` and `consume` write batches, remove the files of
 # batches that never committed, read oversized records and list the lake for `replay`; `stream`
@@ -11,6 +12,8 @@ locals {
   # The provider's host path: arn:aws:iam::<account>:oidc-provider/<host path>.
   oidc_host    = local.create_roles ? element(split("oidc-provider/", var.oidc_provider_arn), 1) : ""
   lake_objects = local.lake_prefix == "" ? "${aws_s3_bucket.lake.arn}/*" : "${aws_s3_bucket.lake.arn}/${local.lake_prefix}/*"
+  # Where `stream` stores records too large for Kinesis: all it writes in the lake.
+  oversized_objects = local.lake_prefix == "" ? "${aws_s3_bucket.lake.arn}/oversized/*" : "${aws_s3_bucket.lake.arn}/${local.lake_prefix}/oversized/*"
   service_accounts = merge(
     { capture = var.capture_service_account },
     local.streaming ? { consume = var.consume_service_account } : {},
@@ -79,6 +82,30 @@ data "aws_iam_policy_document" "lake" {
   }
 }
 
+# The streamer's share of the lake: records too large for Kinesis, written once.
+data "aws_iam_policy_document" "oversized" {
+  count = local.streaming ? 1 : 0
+  statement {
+    sid       = "OversizedRecords"
+    actions   = ["s3:PutObject"]
+    resources = [local.oversized_objects]
+  }
+  # HeadBucket (checked at start) needs s3:ListBucket.
+  statement {
+    sid       = "LakeBucket"
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.lake.arn]
+  }
+  dynamic "statement" {
+    for_each = var.kms_key_arn == null ? [] : [var.kms_key_arn]
+    content {
+      sid       = "EncryptWithKey"
+      actions   = ["kms:GenerateDataKey"]
+      resources = [statement.value]
+    }
+  }
+}
+
 resource "aws_iam_role" "component" {
   for_each           = local.create_roles ? local.service_accounts : {}
   name               = "${var.name}-${each.key}"
@@ -93,10 +120,17 @@ resource "aws_iam_role_policy" "capture_publish" {
 }
 
 resource "aws_iam_role_policy" "capture_lake" {
-  count  = local.create_roles ? 1 : 0
+  count  = local.create_roles && !local.streaming ? 1 : 0
   name   = "lake"
   role   = aws_iam_role.component["capture"].id
   policy = data.aws_iam_policy_document.lake.json
+}
+
+resource "aws_iam_role_policy" "capture_oversized" {
+  count  = local.create_roles && local.streaming ? 1 : 0
+  name   = "oversized"
+  role   = aws_iam_role.component["capture"].id
+  policy = data.aws_iam_policy_document.oversized[0].json
 }
 
 resource "aws_iam_role_policy" "consume_read_stream" {

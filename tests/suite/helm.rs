@@ -9,7 +9,7 @@
 use crate::support;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -130,8 +130,8 @@ fn args(c: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Where the chart mounts the URL Secret.
-const URLS: &str = "/var/run/secrets/totes-cdc/urls/";
+/// Where the chart mounts the credentials' Secrets (`<role>/<key>` below it).
+const URLS: &str = "/var/run/secrets/totes-cdc/";
 
 /// Every TOTES_CDC_* variable the container sets is one the binary reads; the URLs are files of
 /// the mounted Secret, never values.
@@ -156,12 +156,28 @@ fn check_env(c: &Value) {
             );
         }
     }
-    assert!(
-        c["volumeMounts"].as_array().unwrap().iter().any(
-            |m| m["name"] == "urls" && format!("{}/", m["mountPath"].as_str().unwrap()) == URLS
-        ),
-        "the URL Secret is not mounted"
-    );
+    for e in c["env"].as_array().unwrap() {
+        if let Some(file) = e["value"].as_str().and_then(|v| v.strip_prefix(URLS)) {
+            let role = file.split('/').next().unwrap();
+            assert!(
+                c["volumeMounts"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|m| m["mountPath"] == format!("{URLS}{role}")),
+                "the {role} Secret is not mounted"
+            );
+        }
+    }
+}
+
+/// Which URL files a container is given: (source, warehouse).
+fn credentials(c: &Value) -> (bool, bool) {
+    let has = |n: &str| c["env"].as_array().unwrap().iter().any(|e| e["name"] == n);
+    (
+        has("TOTES_CDC_SOURCE_URL_FILE"),
+        has("TOTES_CDC_WAREHOUSE_URL_FILE"),
+    )
 }
 
 /// The probes ask the endpoints the binary serves, on the port it listens on.
@@ -180,6 +196,7 @@ fn the_chart_renders_valid_manifests_for_both_modes() {
         kinds(&docs),
         [
             "Job/totes-cdc-setup",
+            "NetworkPolicy/totes-cdc",
             "Service/totes-cdc-capture",
             "ServiceAccount/totes-cdc-capture",
             "StatefulSet/totes-cdc-capture"
@@ -194,7 +211,19 @@ fn the_chart_renders_valid_manifests_for_both_modes() {
     let run = container(sts);
     assert_eq!(args(run), ["run"]);
     check_env(run);
+    assert_eq!(credentials(run), (true, true), "run reads both databases");
     check_probes(run);
+    // Only the metrics scraper may connect, on the metrics port; no pod mounts an API token.
+    let policy = find(&docs, "NetworkPolicy", "totes-cdc");
+    assert_eq!(
+        policy["spec"]["policyTypes"],
+        serde_json::json!(["Ingress"])
+    );
+    assert_eq!(policy["spec"]["ingress"][0]["ports"][0]["port"], "metrics");
+    assert_eq!(
+        sts["spec"]["template"]["spec"]["automountServiceAccountToken"],
+        false
+    );
     let job = find(&docs, "Job", "totes-cdc-setup");
     assert_eq!(
         job["metadata"]["annotations"]["helm.sh/hook"],
@@ -214,12 +243,22 @@ fn the_chart_renders_valid_manifests_for_both_modes() {
     let stream = container(find(&docs, "StatefulSet", "totes-cdc-capture"));
     assert_eq!(args(stream), ["stream", "--sink", "kinesis"]);
     check_env(stream);
+    assert_eq!(
+        credentials(stream),
+        (true, false),
+        "the streamer gets no warehouse credential"
+    );
     check_probes(stream);
     let consumers = find(&docs, "Deployment", "totes-cdc-consume");
     assert_eq!(consumers["spec"]["replicas"], 3);
     let consume = container(consumers);
     assert_eq!(args(consume)[0], "consume");
     check_env(consume);
+    assert_eq!(
+        credentials(consume),
+        (false, true),
+        "consumers get no source credential"
+    );
     check_probes(consume);
     assert!(consume["env"]
         .as_array()
@@ -355,9 +394,8 @@ fn pod_env(
         let value = if let Some(key) = e["value"].as_str().and_then(|v| v.strip_prefix(URLS)) {
             // The mounted Secret: its key as a file of this pod's own (pods start side by side:
             // one must not read a file another is writing).
-            let dir = format!("{state}-{pod}-urls");
-            std::fs::create_dir_all(&dir).unwrap();
-            let file = format!("{dir}/{key}");
+            let file = format!("{state}-{pod}-urls/{key}");
+            std::fs::create_dir_all(Path::new(&file).parent().unwrap()).unwrap();
             std::fs::write(&file, &secret[key]).unwrap();
             file
         } else if let Some(v) = e["value"].as_str() {
@@ -416,9 +454,12 @@ async fn the_chart_s_pods_move_the_source_into_the_warehouse() {
         let src = pg.create_db(&format!("{db}src")).await;
         let wh = pg.create_db(&format!("{db}wh")).await;
         totesys::create(&src).await;
+        // The Secrets by mount: the replication role's, the warehouse writer's, and the
+        // owner's for the setup hook (the same superuser here).
         let secret = BTreeMap::from([
-            ("source-url", pg.url(&format!("{db}src"))),
-            ("warehouse-url", pg.url(&format!("{db}wh"))),
+            ("source/url", pg.url(&format!("{db}src"))),
+            ("setup/url", pg.url(&format!("{db}src"))),
+            ("warehouse/url", pg.url(&format!("{db}wh"))),
         ]);
         let mut values = format!("mode: {mode}\n{values}");
         if mode == "embedded" {

@@ -10,6 +10,7 @@ mod capture_ops;
 mod capture_snapshot;
 mod capture_types;
 mod deploy;
+mod deploy_checks;
 mod helm;
 mod kinesis;
 mod lake;

@@ -255,6 +255,72 @@ fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     }
 }
 
+/// The statements of a policy document (as parsed).
+fn document_statements(files: &BTreeMap<String, Value>, doc: &str) -> Vec<Value> {
+    files
+        .values()
+        .flat_map(|f| f["data"].as_array().cloned().unwrap_or_default())
+        .filter_map(|e| {
+            e["aws_iam_policy_document"][doc]["statement"]
+                .as_array()
+                .cloned()
+        })
+        .flatten()
+        .collect()
+}
+
+#[test]
+fn the_streamer_may_only_put_oversized_records_in_the_lake() {
+    let tf = parsed();
+    let statements = document_statements(&tf, "oversized");
+    assert!(!statements.is_empty(), "no oversized policy document");
+    let locals = source();
+    for s in &statements {
+        let actions: Vec<&str> = s["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        if actions.contains(&"s3:PutObject") {
+            assert_eq!(actions, ["s3:PutObject"], "only PutObject on objects");
+            assert_eq!(s["resources"][0], "${local.oversized_objects}");
+        } else {
+            assert!(
+                actions
+                    .iter()
+                    .all(|a| *a == "s3:ListBucket" || a.starts_with("kms:")),
+                "{actions:?}"
+            );
+        }
+    }
+    // The objects are the lake's oversized/ prefix, in both prefix cases.
+    let line = locals
+        .lines()
+        .find(|l| l.trim_start().starts_with("oversized_objects"))
+        .expect("local.oversized_objects");
+    assert_eq!(line.matches("/oversized/*").count(), 2, "{line}");
+    // In streaming mode the capture role gets that document, and the full lake policy only in
+    // embedded mode.
+    let policies: Vec<Value> = tf
+        .values()
+        .flat_map(|f| f["resource"].as_array().cloned().unwrap_or_default())
+        .filter_map(|e| e["aws_iam_role_policy"].as_object().cloned())
+        .flat_map(|m| m.into_iter().collect::<Vec<_>>())
+        .filter(|(name, _)| name.starts_with("capture_"))
+        .map(|(_, p)| p)
+        .collect();
+    let count_of = |doc: &str| {
+        policies
+            .iter()
+            .find(|p| p["policy"].as_str().unwrap().contains(doc))
+            .map(|p| p["count"].as_str().unwrap().to_string())
+            .unwrap_or_else(|| panic!("no capture policy with {doc}"))
+    };
+    assert!(count_of("policy_document.oversized").contains("local.streaming"));
+    assert!(count_of("policy_document.lake").contains("!local.streaming"));
+}
+
 #[test]
 fn each_role_is_granted_the_aws_calls_its_component_makes() {
     // Every SDK request (`.send()`) in src/ is one of CALLS, in the file CALLS says.

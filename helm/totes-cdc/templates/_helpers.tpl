@@ -25,7 +25,20 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
 {{- define "totes-cdc.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Static-analysis findings this chart answers by design (checkov reads these annotations). */}}
+{{- define "totes-cdc.checkovSkips" -}}
+checkov.io/skip1: CKV_K8S_11=no CPU limit on purpose - CFS throttling adds latency spikes; requests reserve the share
+checkov.io/skip2: CKV_K8S_15=the image is immutable (a release tag or image.digest) - IfNotPresent pulls it once per node
+{{- if not .Values.image.digest }}
+checkov.io/skip3: CKV_K8S_43=set image.digest to pin the image (the release workflow prints it)
+{{- end }}
 {{- end -}}
 
 {{- define "totes-cdc.captureServiceAccount" -}}
@@ -44,18 +57,30 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 {{- end -}}
 
-{{/* The options every role reads: each config key as its TOTES_CDC_* variable, the URLs as
-     files of the mounted Secret, the metrics address and the AWS region. */}}
+{{/* The Secret and key of a credential: source, warehouse, or setup (the source's when unset). */}}
+{{- define "totes-cdc.credential" -}}
+{{- $c := index .root.Values.urls .role -}}
+{{- if and (eq .role "setup") (not $c.secretName) -}}
+{{- $c = .root.Values.urls.source -}}
+{{- end -}}
+{{- toJson $c -}}
+{{- end -}}
+
+{{/* The options a component reads: its credentials as files of their mounted Secrets (the
+     `roles` of the dict: source, warehouse, setup), each config key as its TOTES_CDC_*
+     variable, the metrics address and the AWS region. */}}
 {{- define "totes-cdc.env" -}}
-- name: TOTES_CDC_SOURCE_URL_FILE
-  value: {{ printf "/var/run/secrets/totes-cdc/urls/%s" .Values.urls.sourceUrlKey | quote }}
-- name: TOTES_CDC_WAREHOUSE_URL_FILE
-  value: {{ printf "/var/run/secrets/totes-cdc/urls/%s" .Values.urls.warehouseUrlKey | quote }}
+{{- $root := .root -}}
+{{- range .roles }}
+{{- $c := include "totes-cdc.credential" (dict "root" $root "role" .) | fromJson }}
+- name: {{ if eq . "warehouse" }}TOTES_CDC_WAREHOUSE_URL_FILE{{ else }}TOTES_CDC_SOURCE_URL_FILE{{ end }}
+  value: {{ printf "/var/run/secrets/totes-cdc/%s/%s" . $c.key | quote }}
+{{- end }}
 - name: TOTES_CDC_METRICS_ADDR
-  value: {{ printf "0.0.0.0:%v" .Values.metrics.port | quote }}
+  value: {{ printf "0.0.0.0:%v" $root.Values.metrics.port | quote }}
 - name: AWS_REGION
-  value: {{ .Values.aws.region | quote }}
-{{- range $key, $value := .Values.config }}
+  value: {{ $root.Values.aws.region | quote }}
+{{- range $key, $value := $root.Values.config }}
 - name: {{ printf "TOTES_CDC_%s" ($key | upper | replace "-" "_") }}
   value: {{ if kindIs "slice" $value }}{{ join "," $value | quote }}{{ else }}{{ $value | toString | quote }}{{ end }}
 {{- end }}
@@ -72,13 +97,20 @@ readinessProbe:
   failureThreshold: 3
 {{- end -}}
 
-{{/* The URL Secret (files readable by the owner only) and the CA bundle, if any. */}}
+{{/* The credentials' Secrets (files readable by the owner only) and the CA bundle, if any. */}}
 {{- define "totes-cdc.secretVolumes" -}}
-- name: urls
+{{- $root := .root -}}
+{{- range .roles }}
+{{- $c := include "totes-cdc.credential" (dict "root" $root "role" .) | fromJson }}
+- name: {{ . }}-url
   secret:
-    secretName: {{ .Values.urls.secretName }}
+    secretName: {{ $c.secretName }}
     defaultMode: 0400
-{{- with .Values.tls.caBundle }}
+    items:
+      - key: {{ $c.key }}
+        path: {{ $c.key }}
+{{- end }}
+{{- with $root.Values.tls.caBundle }}
 {{- if .configMap }}
 - name: ca
   configMap:
@@ -92,10 +124,13 @@ readinessProbe:
 {{- end -}}
 
 {{- define "totes-cdc.secretMounts" -}}
-- name: urls
-  mountPath: /var/run/secrets/totes-cdc/urls
+{{- $root := .root -}}
+{{- range .roles }}
+- name: {{ . }}-url
+  mountPath: {{ printf "/var/run/secrets/totes-cdc/%s" . }}
   readOnly: true
-{{- if or .Values.tls.caBundle.configMap .Values.tls.caBundle.secret }}
+{{- end }}
+{{- if or $root.Values.tls.caBundle.configMap $root.Values.tls.caBundle.secret }}
 - name: ca
   mountPath: /etc/totes-cdc/ca
   readOnly: true

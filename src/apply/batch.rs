@@ -1,7 +1,10 @@
-//! Micro-batches: events are grouped until `max_events` events, `max_bytes` of them, or
-//! `max_wait` after the first item arrived, whichever comes first. A batch is never empty and never waits longer: the wait
-//! counts from the first item's arrival, so time it spent queued behind the previous batch's
-//! apply is not waited again.
+//! Micro-batches, formed like a group commit: a batch is taken when the applier is free, and
+//! holds what is queued then — so it grows only while the applier is busy, and a lone change
+//! on an idle pipeline is applied at once. It closes when nothing more is queued and it ends at
+//! a source transaction's end (a transaction still arriving is waited for), at `max_events`
+//! events or `max_bytes` of them, or `max_wait` after its first item arrived, whichever comes
+//! first. `max_wait` is an upper bound, never a wait: it counts from the first item's arrival,
+//! so time spent queued behind the previous batch's apply is not waited again.
 
 use std::time::Duration;
 
@@ -52,6 +55,8 @@ pub struct Batch {
     pub bytes: usize,
     /// The events' share of the channel's byte budget, held until the batch is dropped.
     pub permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// The last item taken ends a source transaction (nothing of it is still to come).
+    pub at_transaction_end: bool,
 }
 
 impl Batch {
@@ -70,6 +75,7 @@ impl Batch {
                 None => self.permit = Some(p),
             }
         }
+        self.at_transaction_end = matches!(item.kind, ItemKind::Commit { .. });
         match item.kind {
             ItemKind::Change(ev) => {
                 self.newest_commit_ts_us = Some(
@@ -105,6 +111,7 @@ pub async fn next_batch(
             if skip(ev) {
                 batch.last_seqno = item.seqno;
                 batch.items += 1;
+                batch.at_transaction_end = false;
                 return;
             }
         }
@@ -121,6 +128,8 @@ pub async fn next_batch(
                 continue;
             }
             Err(mpsc::error::TryRecvError::Disconnected) => break,
+            // Nothing queued at a transaction's end: the applier is free, so go now.
+            Err(mpsc::error::TryRecvError::Empty) if batch.at_transaction_end => break,
             Err(mpsc::error::TryRecvError::Empty) => {}
         }
         let next = match tokio::time::timeout_at(deadline, rx.recv()).await {
@@ -153,6 +162,61 @@ mod tests {
         }
     }
 
+    fn change(seqno: u64, sent_at: tokio::time::Instant) -> Item {
+        let table = crate::fuzz::sample_table();
+        Item {
+            seqno,
+            kind: ItemKind::Change(ChangeEvent {
+                op: crate::event::Op::Insert,
+                position: crate::event::Position::new(Lsn(seqno), 0),
+                xid: Some(1),
+                commit_ts_us: 0,
+                table,
+                before: None,
+                key: None,
+                after: None,
+            }),
+            sent_at,
+            bytes: 0,
+            permit: None,
+        }
+    }
+
+    /// `max_wait` is an hour: a batch that waited for it would never come back within the
+    /// minute the test gives it.
+    #[tokio::test]
+    async fn a_lone_transaction_goes_at_once_and_a_transaction_still_arriving_is_waited_for() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let limits = Limits {
+            max_events: 100,
+            max_bytes: usize::MAX,
+            max_wait: Duration::from_secs(3600),
+        };
+        let minute = Duration::from_secs(60);
+        // A whole transaction, nothing else queued: taken without waiting.
+        let now = tokio::time::Instant::now();
+        tx.send(change(1, now)).await.unwrap();
+        tx.send(commit(2, now)).await.unwrap();
+        let batch = tokio::time::timeout(minute, next_batch(&mut rx, limits, |_| false))
+            .await
+            .expect("the batch waited for max_wait")
+            .unwrap();
+        assert_eq!((batch.events.len(), batch.last_seqno), (1, 2));
+        // A transaction whose end is still coming: its end is waited for, then it goes.
+        tx.send(change(3, now)).await.unwrap();
+        let rest = tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = rest.send(change(4, tokio::time::Instant::now())).await;
+            let _ = rest.send(commit(5, tokio::time::Instant::now())).await;
+        });
+        let batch = tokio::time::timeout(minute, next_batch(&mut rx, limits, |_| false))
+            .await
+            .expect("the batch waited for max_wait")
+            .unwrap();
+        assert_eq!((batch.events.len(), batch.last_seqno), (2, 5));
+    }
+
     #[tokio::test]
     async fn the_wait_counts_from_the_first_items_arrival() {
         let (tx, mut rx) = mpsc::channel(8);
@@ -175,7 +239,7 @@ mod tests {
         };
         let batch = next_batch(&mut rx, limits, |_| false).await.unwrap();
         assert_eq!((batch.items, batch.last_seqno), (1, 1));
-        // A fresh item waits its full second and takes what arrives meanwhile.
+        // The next one takes the item sent meanwhile.
         let batch = next_batch(&mut rx, limits, |_| false).await.unwrap();
         assert_eq!(batch.last_seqno, 2);
     }

@@ -234,11 +234,12 @@ pub struct WarehouseArgs {
     #[arg(long, env = "TOTES_CDC_LAKE", default_value = "./data/lake")]
     pub lake: crate::lake::Location,
 
-    /// A batch closes at this many events...
+    /// Batches form as a group commit (taken when the applier is free, holding what is queued);
+    /// a batch closes at this many events...
     #[arg(long, env = "TOTES_CDC_BATCH_MAX_EVENTS", default_value_t = 10_000)]
     pub batch_max_events: usize,
 
-    /// ...or this long after its first event, whichever comes first.
+    /// ...or this long after its first event (an upper bound, not a wait)...
     #[arg(long, env = "TOTES_CDC_BATCH_MAX_MS", default_value_t = 1000)]
     pub batch_max_ms: u64,
 

@@ -11,6 +11,8 @@
 //! leaves a TOASTed column unchanged the source does not resend it: the column is left out of
 //! `after` and listed in `unchanged_toast` (never turned into null). README documents the types.
 
+use std::io::Write as _;
+
 use base64::Engine;
 
 use super::civil::civil_from_days;
@@ -79,15 +81,10 @@ pub fn write_columns(buf: &mut Vec<u8>, t: &TableSchema) {
         }
         buf.push(b'[');
         write_str(buf, c.name.as_bytes());
-        let (oid, typmod) = if c.type_oid < super::FIRST_USER_OID {
-            (c.type_oid, c.type_mod)
-        } else if matches!(c.kind, ValueKind::Array(_)) {
-            (1009, -1)
-        } else {
-            (25, -1)
-        };
+        let (oid, typmod) = c.stored_type();
         let key = t.key.iter().position(|&k| k == i).map_or(0, |p| p + 1);
-        buf.extend_from_slice(format!(",{oid},{typmod},{key}]").as_bytes());
+        // Into the buffer directly: this runs for every column of every envelope.
+        let _ = write!(buf, ",{oid},{typmod},{key}]");
     }
     buf.push(b']');
 }

@@ -144,6 +144,21 @@ pub struct Column {
     pub kind: ValueKind,
 }
 
+impl Column {
+    /// The type as the warehouse stores it, (oid, modifier): built-in types as they are (their
+    /// OIDs are the same on every server), user-defined ones (enums, domains, composites) as
+    /// text (25) or text[] (1009), since the warehouse does not have them.
+    pub fn stored_type(&self) -> (u32, i32) {
+        if self.type_oid < FIRST_USER_OID {
+            (self.type_oid, self.type_mod)
+        } else if matches!(self.kind, ValueKind::Array(_)) {
+            (1009, -1)
+        } else {
+            (25, -1)
+        }
+    }
+}
+
 /// The shape of a replicated table at a point of the stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableSchema {

@@ -156,23 +156,83 @@ fn lake_rows(lake: &str, sql: &str) -> Vec<Vec<Option<String>>> {
     serde_json::from_value(v).expect("rows")
 }
 
-async fn shape_changes_are_followed(mode: Mode) {
-    let moto = (mode == Mode::Stream).then(Moto::start);
-    if let Some(m) = &moto {
-        m.create_stream("schema", 2).await;
+/// A pipeline of a mode over a totesys source under the workload, beside an independent
+/// capture (the oracle).
+struct Scenario {
+    moto: Option<Moto>,
+    _pg: PgCluster,
+    src: Client,
+    wh: Client,
+    src_url: String,
+    wh_url: String,
+    lake: String,
+    oracle: Proc,
+    p: Pipeline,
+    stop: Arc<AtomicBool>,
+    workload: tokio::task::JoinHandle<u32>,
+}
+
+impl Scenario {
+    async fn start(mode: Mode, name: &str) -> Self {
+        let moto = (mode == Mode::Stream).then(Moto::start);
+        if let Some(m) = &moto {
+            m.create_stream("schema", 2).await;
+        }
+        let pg = PgCluster::start();
+        let src = pg.create_db("src").await;
+        let wh = pg.create_db("wh").await;
+        totesys::create(&src).await;
+        totesys::publish(&src).await;
+        let (src_url, wh_url) = (pg.url("src"), pg.url("wh"));
+        let state = support::temp_dir(name).to_string_lossy().into_owned();
+        let oracle = support::spawn_oracle(&src_url, &format!("{state}/oracle"));
+        let p = Pipeline::start(mode, &src_url, &wh_url, &state, moto.as_ref());
+        let stop = Arc::new(AtomicBool::new(false));
+        let workload = totesys::spawn_workload(src_url.clone(), stop.clone(), PACE);
+        Scenario {
+            moto,
+            _pg: pg,
+            src,
+            wh,
+            src_url,
+            wh_url,
+            lake: format!("{state}/lake"),
+            oracle,
+            p,
+            stop,
+            workload,
+        }
     }
-    let pg = PgCluster::start();
-    let src = pg.create_db("src").await;
-    let wh = pg.create_db("wh").await;
-    totesys::create(&src).await;
-    totesys::publish(&src).await;
-    let (src_url, wh_url) = (pg.url("src"), pg.url("wh"));
-    let state = support::temp_dir("shapes").to_string_lossy().into_owned();
-    let lake = format!("{state}/lake");
-    let oracle = support::spawn_oracle(&src_url, &format!("{state}/oracle"));
-    let mut p = Pipeline::start(mode, &src_url, &wh_url, &state, moto.as_ref());
-    let stop = Arc::new(AtomicBool::new(false));
-    let workload = totesys::spawn_workload(src_url.clone(), stop.clone(), PACE);
+}
+
+/// Every fact version the oracle saw is in the warehouse once, nothing else is, and nothing
+/// became a dead letter.
+async fn assert_fact_history(oracle: &Proc, src: &Client, wh: &Client) {
+    support::wait_oracle_caught_up(oracle, src, WAIT).await;
+    let expected = star::oracle_versions(&oracle.events());
+    support::assert_same_sets("fact versions", &expected, &star::fact_versions(wh).await);
+    let dead: i64 = wh
+        .query_one("SELECT count(*) FROM totes_cdc.dead_letters", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(dead, 0, "no dead letters (a shape change is never one)");
+}
+
+async fn shape_changes_are_followed(mode: Mode) {
+    let Scenario {
+        moto,
+        _pg,
+        src,
+        wh,
+        src_url,
+        wh_url,
+        lake,
+        oracle,
+        mut p,
+        stop,
+        workload,
+    } = Scenario::start(mode, "shapes").await;
     let pause = || std::thread::sleep(Duration::from_millis(1500));
     let steps = [
         // A new column, written at once.
@@ -230,15 +290,7 @@ async fn shape_changes_are_followed(mode: Mode) {
         out.contains("column colour's added default blue"),
         "verify explains the added default: {out}"
     );
-    support::wait_oracle_caught_up(&oracle, &src, WAIT).await;
-    let expected = star::oracle_versions(&oracle.events());
-    support::assert_same_sets("fact versions", &expected, &star::fact_versions(&wh).await);
-    let dead: i64 = wh
-        .query_one("SELECT count(*) FROM totes_cdc.dead_letters", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(dead, 0, "no value is a dead letter for a shape change");
+    assert_fact_history(&oracle, &src, &wh).await;
 
     // The mirror followed: values past 2^31 and the new column in staging, the dropped column
     // kept with NULL in the versions after the drop.
@@ -594,22 +646,19 @@ fn spawn_loyalty_writer(url: String, stop: Arc<AtomicBool>) -> tokio::task::Join
 }
 
 async fn new_tables_and_resyncs_copy_while_streaming(mode: Mode) {
-    let moto = (mode == Mode::Stream).then(Moto::start);
-    if let Some(m) = &moto {
-        m.create_stream("schema", 2).await;
-    }
-    let pg = PgCluster::start();
-    let src = pg.create_db("src").await;
-    let wh = pg.create_db("wh").await;
-    totesys::create(&src).await;
-    totesys::publish(&src).await;
-    let (src_url, wh_url) = (pg.url("src"), pg.url("wh"));
-    let state = support::temp_dir("copies").to_string_lossy().into_owned();
-    let lake = format!("{state}/lake");
-    let oracle = support::spawn_oracle(&src_url, &format!("{state}/oracle"));
-    let mut p = Pipeline::start(mode, &src_url, &wh_url, &state, moto.as_ref());
-    let stop = Arc::new(AtomicBool::new(false));
-    let workload = totesys::spawn_workload(src_url.clone(), stop.clone(), PACE);
+    let Scenario {
+        moto,
+        _pg,
+        src,
+        wh,
+        src_url,
+        wh_url,
+        lake,
+        oracle,
+        mut p,
+        stop,
+        workload,
+    } = Scenario::start(mode, "copies").await;
     std::thread::sleep(Duration::from_millis(1000));
 
     // A table with rows joins the publication while it is being written: copied in chunks
@@ -655,15 +704,7 @@ async fn new_tables_and_resyncs_copy_while_streaming(mode: Mode) {
     )
     .await;
     assert_ne!(first_name.as_deref(), Some("wrecked"));
-    support::wait_oracle_caught_up(&oracle, &src, WAIT).await;
-    let expected = star::oracle_versions(&oracle.events());
-    support::assert_same_sets("fact versions", &expected, &star::fact_versions(&wh).await);
-    let dead: i64 = wh
-        .query_one("SELECT count(*) FROM totes_cdc.dead_letters", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(dead, 0);
+    assert_fact_history(&oracle, &src, &wh).await;
     // The lake holds each change once; the copied rows are there as reads.
     support::lake::wait_settled(&wh).await;
     support::lake::assert_each_change_once(&wh, &lake).await;

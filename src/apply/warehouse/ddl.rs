@@ -1,7 +1,7 @@
 //! Warehouse DDL: the pipeline's own schema, the staging mirrors of the source tables, and the
 //! star schema of the model. The SQL lives in `sql/warehouse/`; the binary embeds those files.
 
-use crate::event::{TableSchema, ValueKind};
+use crate::event::TableSchema;
 use crate::pg::{ident, quote_ident};
 
 /// Bumped when the warehouse layout changes incompatibly.
@@ -133,12 +133,10 @@ pub fn batch_table(staging_name: &str) -> String {
 /// The column type in the warehouse: built-in types as the source spells them; user-defined
 /// types (enums, domains, composites) as text, since the warehouse does not have them.
 pub fn warehouse_type(c: &crate::event::Column) -> String {
-    if c.type_oid < crate::event::FIRST_USER_OID {
-        c.type_name.clone()
-    } else if matches!(c.kind, ValueKind::Array(_)) {
-        "text[]".into()
-    } else {
-        "text".into()
+    match c.stored_type() {
+        (oid, _) if oid == c.type_oid => c.type_name.clone(),
+        (1009, _) => "text[]".into(),
+        _ => "text".into(),
     }
 }
 

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use super::session::{read_mirrors, Mirror, Session};
 use super::{ddl, ApplyError};
-use crate::event::{ChangeEvent, Column, TableSchema, ValueKind, FIRST_USER_OID};
+use crate::event::{ChangeEvent, TableSchema};
 use crate::pg::{quote_ident, PgUrl};
 
 /// A type as the warehouse stores it: (type oid, type modifier).
@@ -41,21 +41,6 @@ pub(super) struct Refusal {
     pub to: WhType,
 }
 
-const TEXT: u32 = 25;
-const TEXT_ARRAY: u32 = 1009;
-
-/// The warehouse type of a source column: built-in types as they are, user-defined ones
-/// (enums, domains, composites) as text or text[] (see `ddl::warehouse_type`).
-pub(super) fn warehouse_type_of(c: &Column) -> WhType {
-    if c.type_oid < FIRST_USER_OID {
-        (c.type_oid, c.type_mod)
-    } else if matches!(c.kind, ValueKind::Array(_)) {
-        (TEXT_ARRAY, -1)
-    } else {
-        (TEXT, -1)
-    }
-}
-
 /// Whether every value of type `from` is a value of type `to`, unchanged in meaning.
 pub(super) fn widens(from: WhType, to: WhType) -> bool {
     const INT2: u32 = 21;
@@ -63,6 +48,7 @@ pub(super) fn widens(from: WhType, to: WhType) -> bool {
     const INT8: u32 = 20;
     const FLOAT4: u32 = 700;
     const FLOAT8: u32 = 701;
+    const TEXT: u32 = 25;
     const VARCHAR: u32 = 1043;
     const NUMERIC: u32 = 1700;
     const TIMESTAMP: u32 = 1114;
@@ -110,7 +96,7 @@ pub(super) fn plan(m: Option<&Mirror>, t: &TableSchema) -> Result<Vec<Step>, Ref
     };
     let mut steps = Vec::new();
     for c in &t.columns {
-        let to = warehouse_type_of(c);
+        let to = c.stored_type();
         match m.columns.iter().position(|n| n == &c.name) {
             None => steps.push(Step::Add {
                 column: c.name.clone(),
@@ -139,11 +125,12 @@ pub(super) fn plan(m: Option<&Mirror>, t: &TableSchema) -> Result<Vec<Step>, Ref
     Ok(steps)
 }
 
-/// The distinct shapes of a table's events, in batch order.
-fn shapes(events: &[ChangeEvent]) -> Vec<&TableSchema> {
-    let mut out: Vec<&TableSchema> = Vec::new();
+/// The distinct shapes of a table's events, in batch order. (Arc equality looks at the pointer
+/// first: events of one shape share it, so this is cheap per event.)
+fn shapes(events: &[ChangeEvent]) -> Vec<&std::sync::Arc<TableSchema>> {
+    let mut out: Vec<&std::sync::Arc<TableSchema>> = Vec::new();
     for ev in events {
-        if !out.iter().any(|s| **s == *ev.table) {
+        if !out.iter().any(|s| **s == ev.table) {
             out.push(&ev.table);
         }
     }

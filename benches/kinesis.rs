@@ -3,7 +3,9 @@
 //!    per request, as many records as the producer sends) at 1 and 4 requests in flight — what
 //!    moto takes at most;
 //! 2. the producer: `totes-cdc stream --sink kinesis` draining the same WAL (100,000 inserts of
-//!    sales_order) at 1, 2, 4 and 8 requests in flight: records/s, MB/s, ratio to the ceiling.
+//!    sales_order) at 1, 2, 4 and 8 requests in flight, with KPL aggregation on and off: events/s,
+//!    MB/s, ratio to the ceiling, events per record, PUT payload units per 1,000 events, and the
+//!    events per second one shard could carry at Kinesis' limits (1,000 records/s, 1 MiB/s).
 //!    moto keeps every record in memory and slows down as it fills, so each measurement gets a
 //!    fresh moto server: every one starts from the same state;
 //! 3. end to end: stream + consume under a steady 200 source transactions/s (sale bundles):
@@ -27,7 +29,7 @@ use support::PgCluster;
 const ROWS: i64 = 100_000;
 /// The mean size of the producer's records for these rows (the envelope of a sales_order
 /// insert), so the ceiling moves the same bytes.
-const RECORD_BYTES: usize = 580;
+const RECORD_BYTES: usize = 920;
 const RATE: u64 = 200;
 const LOAD_SECS: u64 = 20;
 
@@ -80,8 +82,24 @@ async fn ceiling(concurrency: usize) -> (f64, f64) {
     (rate, rate * (RECORD_BYTES + 40) as f64 / 1e6)
 }
 
-/// Records/s and MB/s of `stream --sink kinesis` draining the prepared WAL from `slot`.
-async fn producer(pg: &PgCluster, slot: &str, concurrency: usize, until: &str) -> (f64, f64, u64) {
+/// What one producer run did.
+struct Produced {
+    events_per_sec: f64,
+    mb_per_sec: f64,
+    events: u64,
+    records: u64,
+    bytes: u64,
+    payload_units: u64,
+}
+
+/// `stream --sink kinesis` draining the prepared WAL from `slot`.
+async fn producer(
+    pg: &PgCluster,
+    slot: &str,
+    concurrency: usize,
+    aggregation: bool,
+    until: &str,
+) -> Produced {
     let moto = Moto::start();
     let stream = format!("producer{concurrency}");
     moto.create_stream(&stream, 4).await;
@@ -98,6 +116,8 @@ async fn producer(pg: &PgCluster, slot: &str, concurrency: usize, until: &str) -
             &stream,
             "--kinesis-concurrency",
             &concurrency.to_string(),
+            "--kinesis-aggregation",
+            if aggregation { "on" } else { "off" },
             "--source-url",
             &pg.url("bench"),
             "--slot",
@@ -132,9 +152,16 @@ async fn producer(pg: &PgCluster, slot: &str, concurrency: usize, until: &str) -
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     };
-    let records = field("records");
+    let events = field("events");
     let bytes = field("bytes");
-    (records as f64 / secs, bytes as f64 / secs / 1e6, records)
+    Produced {
+        events_per_sec: events as f64 / secs,
+        mb_per_sec: bytes as f64 / secs / 1e6,
+        events,
+        records: field("records"),
+        bytes,
+        payload_units: field("payload_units"),
+    }
 }
 
 async fn end_to_end(pg: &PgCluster) -> String {
@@ -227,11 +254,19 @@ async fn main() {
     db.batch_execute("CREATE PUBLICATION totes_cdc FOR TABLE sales_order")
         .await
         .unwrap();
-    let levels = [1usize, 2, 4, 8];
-    for c in levels {
+    // (requests in flight, aggregation)
+    let runs = [
+        (1usize, false),
+        (4, false),
+        (1, true),
+        (2, true),
+        (4, true),
+        (8, true),
+    ];
+    for (c, agg) in runs {
         db.execute(
             "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
-            &[&format!("kin{c}")],
+            &[&format!("kin{c}{agg}")],
         )
         .await
         .unwrap();
@@ -259,12 +294,22 @@ async fn main() {
          | moto ceiling, 4 in flight | {c4:.0} records/s, {c4mb:.1} MB/s | |\n"
     ));
     let best = c1.max(c4);
-    for c in levels {
-        let (rate, mb, n) = producer(&pg, &format!("kin{c}"), c, &until).await;
-        assert_eq!(n, ROWS as u64, "every row published");
+    for (c, agg) in runs {
+        let p = producer(&pg, &format!("kin{c}{agg}"), c, agg, &until).await;
+        assert_eq!(p.events, ROWS as u64, "every row published");
+        let per_record = p.events as f64 / p.records.max(1) as f64;
+        let bytes_per_event = p.bytes as f64 / p.events.max(1) as f64;
+        // One shard takes 1,000 records/s and 1 MiB/s.
+        let shard_limit = (1000.0 * per_record).min(1_048_576.0 / bytes_per_event);
         report.push_str(&format!(
-            "| totes-cdc stream --sink kinesis, {c} in flight ({n} records) | {rate:.0} records/s, {mb:.1} MB/s | ratio {:.2} to the best ceiling |\n",
-            rate / best
+            "| totes-cdc stream --sink kinesis, aggregation {}, {c} in flight ({} events in {} records) | {:.0} events/s, {:.1} MB/s | ratio {:.2} to the best ceiling; {per_record:.1} events/record, {:.1} PUT payload units per 1,000 events, one shard at Kinesis' limits: {shard_limit:.0} events/s |\n",
+            if agg { "on" } else { "off" },
+            p.events,
+            p.records,
+            p.events_per_sec,
+            p.mb_per_sec,
+            p.events_per_sec / best,
+            p.payload_units as f64 * 1000.0 / p.events.max(1) as f64,
         ));
     }
     report.push_str(&end_to_end(&pg).await);

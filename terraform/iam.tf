@@ -45,8 +45,9 @@ data "aws_iam_policy_document" "assume" {
 data "aws_iam_policy_document" "publish" {
   count = local.streaming ? 1 : 0
   statement {
+    # ListShards: the shard map that packs events bound for one shard into one record.
     sid       = "PublishChanges"
-    actions   = ["kinesis:PutRecords", "kinesis:DescribeStreamSummary"]
+    actions   = ["kinesis:PutRecords", "kinesis:ListShards", "kinesis:DescribeStreamSummary"]
     resources = [aws_kinesis_stream.changes[0].arn]
   }
 }

@@ -68,6 +68,7 @@ pub async fn run(args: StreamArgs, shutdown: watch::Receiver<bool>) -> Result<()
                 database,
                 oversize,
                 max_pending: 20_000,
+                aggregation: args.kinesis_aggregation == crate::config::Toggle::On,
             };
             let stats = Arc::new(transport::kinesis::producer::ProducerStats::default());
             health.set("kinesis", true, format!("stream {}", cfg.stream));

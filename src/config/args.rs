@@ -331,10 +331,23 @@ pub struct StreamArgs {
     #[arg(long, env = "TOTES_CDC_KINESIS_CONCURRENCY", default_value_t = 4)]
     pub kinesis_concurrency: usize,
 
+    /// Events bound for one shard travel together in one record, in the KPL aggregation format
+    /// (what the Kinesis Client Library, Firehose and the aws-kinesis-agg deaggregators read;
+    /// `consume` and `replay` read both): `on`, or `off` for one event per record.
+    #[arg(long, env = "TOTES_CDC_KINESIS_AGGREGATION", default_value = "on")]
+    pub kinesis_aggregation: Toggle,
+
     /// Where a record over Kinesis' 1 MiB limit is stored (a pointer record names it): a
     /// directory or s3://bucket/prefix.
     #[arg(long, env = "TOTES_CDC_LAKE", default_value = "./data/lake")]
     pub lake: crate::lake::Location,
+}
+
+/// A feature switched on or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Toggle {
+    On,
+    Off,
 }
 
 /// Where the metrics and health endpoints are served.

@@ -31,6 +31,7 @@ pub struct Metrics {
     pub confirmed_lsn: IntGauge,
     // Kinesis producer
     pub kinesis_records_total: IntCounter,
+    pub kinesis_events_total: IntCounter,
     pub kinesis_bytes_total: IntCounter,
     pub kinesis_put_seconds: Histogram,
     pub kinesis_throttled_total: IntCounter,
@@ -166,6 +167,7 @@ pub fn get() -> &'static Metrics {
             received_lsn: gauge(&mut b, "received_lsn", "Last WAL position received from the source."),
             confirmed_lsn: gauge(&mut b, "confirmed_lsn", "Last WAL position confirmed to the source."),
             kinesis_records_total: counter(&mut b, "kinesis_records_total", "Records acknowledged by Kinesis."),
+            kinesis_events_total: counter(&mut b, "kinesis_events_total", "Change events acknowledged by Kinesis (several per record when aggregated)."),
             kinesis_bytes_total: counter(&mut b, "kinesis_bytes_total", "Bytes (data and partition keys) acknowledged by Kinesis."),
             kinesis_put_seconds: histogram(&mut b, "kinesis_put_seconds", "Duration of PutRecords requests.", SECONDS.to_vec()),
             kinesis_throttled_total: counter(&mut b, "kinesis_throttled_total", "PutRecords answers with throttled or failed requests."),

@@ -77,7 +77,7 @@ fn each_check_fails_on_a_broken_copy() {
     let terraform = copy_of("terraform");
     replace(
         &terraform.join("iam.tf"),
-        r#"actions   = ["kinesis:PutRecords", "kinesis:DescribeStreamSummary"]"#,
+        r#"actions   = ["kinesis:PutRecords", "kinesis:ListShards", "kinesis:DescribeStreamSummary"]"#,
         r#"actions   = ["*"]"#,
     );
     let (ok, out) = deploy_check(

@@ -13,6 +13,7 @@ use serde_json::Value;
 use support::moto::Moto;
 use support::star::{self, wait_star};
 use support::{consume_args, stream_kinesis_args, totesys, PgCluster, Proc};
+use totes_cdc::transport::kinesis::aggregate::deaggregate;
 
 const WAIT: Duration = Duration::from_secs(180);
 /// One source transaction every 10 ms. (moto 5.2 re-puts a shard's records during SplitShard,
@@ -92,6 +93,157 @@ async fn stream_publishes_envelopes_a_plain_client_reads() {
         1_500_000
     );
     assert!(p.stderr().contains("record over 1 MiB"), "{}", p.stderr());
+}
+
+/// Issue 16: events bound for one shard travel in one KPL-aggregated record; AWS's own
+/// deaggregator (aws-kinesis-agg, in read_kinesis.py) reads them back as exactly the envelopes
+/// `stream --sink stdout` prints for the same WAL, in the same order per key. With
+/// `--kinesis-aggregation off` every record is one envelope.
+#[tokio::test(flavor = "multi_thread")]
+async fn aggregated_records_are_the_envelopes_awss_deaggregator_reads() {
+    let moto = Moto::start();
+    moto.create_stream("agg", 3).await;
+    moto.create_stream("single", 3).await;
+    let pg = PgCluster::start();
+    let src = pg.create_db("src").await;
+    totesys::create(&src).await;
+    totesys::publish(&src).await;
+    for slot in ["s_out", "s_agg", "s_single"] {
+        src.execute(
+            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&slot],
+        )
+        .await
+        .unwrap();
+    }
+    for i in 1..=200 {
+        totesys::sale(&src, i).await;
+    }
+    // Several versions of one row in a row, and a transaction touching many rows.
+    for _ in 0..5 {
+        src.batch_execute("UPDATE payment SET paid = NOT paid WHERE payment_id = 7")
+            .await
+            .unwrap();
+    }
+    src.batch_execute("UPDATE payment SET paid = true WHERE payment_id % 3 = 0")
+        .await
+        .unwrap();
+    let until: String = src
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let url = pg.url("src");
+    let e = moto.env();
+    let stream = |slot: &str, sink: &[&str]| {
+        let state = support::temp_dir(slot).to_string_lossy().into_owned();
+        let mut args = vec!["stream"];
+        args.extend_from_slice(sink);
+        args.extend_from_slice(&[
+            "--source-url",
+            &url,
+            "--slot",
+            slot,
+            "--snapshot",
+            "never",
+            "--heartbeat-interval",
+            "0",
+            "--until-lsn",
+            &until,
+            "--state-dir",
+            &state,
+            "--lake",
+            "none",
+        ]);
+        let (status, out, err) = support::run(&args, &e);
+        assert!(status.success(), "{err}");
+        (out, err)
+    };
+    let (printed, _) = stream("s_out", &["--sink", "stdout"]);
+    let want: Vec<Value> = printed
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &Value| v.get("op").is_some())
+        .collect();
+    assert!(want.len() > 600, "{} envelopes", want.len());
+    let (_, agg_log) = stream("s_agg", &["--sink", "kinesis", "--kinesis-stream", "agg"]);
+    let (_, single_log) = stream(
+        "s_single",
+        &[
+            "--sink",
+            "kinesis",
+            "--kinesis-stream",
+            "single",
+            "--kinesis-aggregation",
+            "off",
+        ],
+    );
+    let canonical = |vs: &[Value]| {
+        let mut out: Vec<String> = vs.iter().map(|v| v.to_string()).collect();
+        out.sort();
+        out
+    };
+    // Per partition key, the envelopes in stream order.
+    let by_key = |records: &[Value]| {
+        let mut m: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        for r in records {
+            m.entry(r["key"].as_str().unwrap().to_string())
+                .or_default()
+                .push(r["data"].clone());
+        }
+        m
+    };
+    let mut want_by_key: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for v in &want {
+        let table = format!(
+            "{}.{}",
+            v["source"]["schema"].as_str().unwrap(),
+            v["source"]["table"].as_str().unwrap()
+        );
+        want_by_key
+            .entry(format!("{table}/{}", v["key"]))
+            .or_default()
+            .push(v.clone());
+    }
+    for (name, log) in [("agg", &agg_log), ("single", &single_log)] {
+        let records = moto.read_all(name);
+        let got: Vec<Value> = records.iter().map(|r| r["data"].clone()).collect();
+        assert_eq!(
+            canonical(&got),
+            canonical(&want),
+            "{name}: every envelope once"
+        );
+        assert!(by_key(&records) == want_by_key, "{name}: order per key");
+        let kinesis_records: BTreeSet<(String, String)> = records
+            .iter()
+            .map(|r| (r["shard"].to_string(), r["seq"].to_string()))
+            .collect();
+        let aggregated = records.iter().filter(|r| r["aggregated"] == true).count();
+        eprintln!(
+            "{name}: {} envelopes in {} records ({aggregated} de-aggregated)",
+            records.len(),
+            kinesis_records.len()
+        );
+        if name == "agg" {
+            assert!(
+                kinesis_records.len() * 10 < records.len(),
+                "aggregation packs many events per record"
+            );
+            assert!(aggregated * 10 > records.len() * 9);
+        } else {
+            assert_eq!(kinesis_records.len(), records.len(), "one event per record");
+            assert_eq!(aggregated, 0);
+        }
+        let done = log
+            .lines()
+            .find(|l| l.contains("kinesis producer done"))
+            .unwrap_or_else(|| panic!("{log}"));
+        assert!(done.contains(&format!("events={}", want.len())), "{done}");
+        assert!(
+            done.contains(&format!("records={}", kinesis_records.len())),
+            "{done}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -722,9 +874,16 @@ async fn ids_in_stream(kinesis: &aws_sdk_kinesis::Client, stream: &str) -> Vec<i
                 .await
                 .unwrap();
             for r in page.records() {
-                let v: Value = serde_json::from_slice(r.data().as_ref()).unwrap();
-                if let Some(id) = v["key"]["id"].as_i64() {
-                    ids.push(id);
+                let data = r.data().as_ref();
+                let users: Vec<&[u8]> = match deaggregate(data) {
+                    Some(users) => users.unwrap().into_iter().map(|u| u.data).collect(),
+                    None => vec![data],
+                };
+                for d in users {
+                    let v: Value = serde_json::from_slice(d).unwrap();
+                    if let Some(id) = v["key"]["id"].as_i64() {
+                        ids.push(id);
+                    }
                 }
             }
             if page.records().is_empty() && page.millis_behind_latest() == Some(0) {

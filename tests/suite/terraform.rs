@@ -187,6 +187,12 @@ const CALLS: &[(&str, &str, &str, &[&str])] = &[
         &["consume"],
     ),
     (
+        "src/transport/kinesis/producer/shard_map.rs",
+        "list_shards",
+        "kinesis:ListShards",
+        &["capture"],
+    ),
+    (
         "src/transport/kinesis/shard_reader.rs",
         "get_shard_iterator",
         "kinesis:GetShardIterator",

@@ -129,3 +129,112 @@ async fn pointers_outside_the_lake_or_over_the_cap_become_dead_letters() {
         "{reasons:#?}"
     );
 }
+
+/// Aggregated (KPL) records are untrusted too: a user record that is no envelope is a dead
+/// letter named by its sub-sequence number while its neighbours land; a record whose magic and
+/// digest match but whose message does not decode is one dead letter; bytes that only start
+/// with the magic are a plain (unparseable) record.
+#[tokio::test(flavor = "multi_thread")]
+async fn broken_aggregated_records_become_dead_letters_and_their_neighbours_land() {
+    use totes_cdc::transport::kinesis::aggregate::{Aggregator, MAGIC};
+    let moto = Moto::start();
+    moto.create_stream("agg", 1).await;
+    let pg = PgCluster::start();
+    let src = pg.create_db("src").await;
+    let wh = pg.create_db("wh").await;
+    totesys::create(&src).await;
+    let (src_url, wh_url) = (pg.url("src"), pg.url("wh"));
+    support::setup(&src_url, &wh_url, &[]);
+
+    let mut mixed = Aggregator::default();
+    mixed.push("20", envelope(20, None).to_string().as_bytes());
+    mixed.push("junk", b"not an envelope");
+    mixed.push("21", envelope(21, None).to_string().as_bytes());
+    // Magic and a digest that matches, and a message cut in the middle of a field.
+    let mut sealed = MAGIC.to_vec();
+    let message = [3u8 << 3 | 2, 40, 1 << 3];
+    sealed.extend_from_slice(&message);
+    sealed.extend_from_slice(&md5_of(&message));
+    // Only the magic: a plain record of bytes.
+    let mut impostor = MAGIC.to_vec();
+    impostor.extend_from_slice(&[0u8; 40]);
+    let kinesis = moto.kinesis().await;
+    for data in [mixed.finish(), sealed, impostor] {
+        kinesis
+            .put_record()
+            .stream_name("agg")
+            .partition_key("k")
+            .data(aws_sdk_kinesis::primitives::Blob::new(data))
+            .send()
+            .await
+            .unwrap();
+    }
+    let dir = support::temp_dir("aggbad");
+    let lake = dir.join("lake").to_string_lossy().into_owned();
+    let consumer = Proc::spawn(&consume_args("agg", &wh_url, &lake), &moto.env());
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let dead: Vec<(String, String)> = wh
+            .query(
+                "SELECT origin, reason FROM totes_cdc.dead_letters ORDER BY origin",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let landed: i64 = wh
+            .query_one(
+                "SELECT count(*) FROM staging.currency WHERE currency_id IN (20, 21)",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if dead.len() == 3 && landed == 2 {
+            assert!(
+                dead.iter()
+                    .any(|(o, r)| o.ends_with("/1") && r.contains("not a totes-cdc envelope")),
+                "{dead:#?}"
+            );
+            assert!(
+                dead.iter().any(|(_, r)| r.contains("does not decode")),
+                "{dead:#?}"
+            );
+            assert!(
+                dead.iter()
+                    .filter(|(_, r)| r.contains("not a totes-cdc envelope"))
+                    .count()
+                    == 2,
+                "{dead:#?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{dead:#?}, {landed} landed; consumer:\n{}",
+            consumer.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn md5_of(b: &[u8]) -> [u8; 16] {
+    // The digest the format seals with; the test computes it with Python's hashlib, an
+    // implementation independent of the producer's.
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import hashlib,sys; sys.stdout.write(hashlib.md5(bytes.fromhex(sys.argv[1])).hexdigest())",
+            &b.iter().map(|x| format!("{x:02x}")).collect::<String>(),
+        ])
+        .output()
+        .expect("python3");
+    let hex = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut d = [0u8; 16];
+    for (i, byte) in d.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
+    }
+    d
+}

@@ -13,7 +13,7 @@ use crate::apply::BatchSource;
 use crate::config::ReplayArgs;
 use crate::pg::PgUrl;
 use crate::retry::Backoff;
-use crate::transport::kinesis::records::record_event;
+use crate::transport::kinesis::records::record_events;
 use crate::transport::kinesis::shard_reader::ShardReader;
 use crate::transport::kinesis::{self, consumer};
 
@@ -113,12 +113,15 @@ impl BatchSource for StreamHistory {
             let mut rejects = Vec::new();
             for r in &page.records {
                 let cap = self.oversized_max_bytes;
-                match record_event(wh, self.lake.as_ref(), &self.stream, &reader.shard, r, cap)
-                    .await?
-                {
-                    Ok(ev) if self.range.contains(ev.position) => events.push(ev),
-                    Ok(_) => {}
-                    Err(reject) => rejects.push(reject),
+                let got =
+                    record_events(wh, self.lake.as_ref(), &self.stream, &reader.shard, r, cap)
+                        .await?;
+                for got in got {
+                    match got {
+                        Ok(ev) if self.range.contains(ev.position) => events.push(ev),
+                        Ok(_) => {}
+                        Err(reject) => rejects.push(reject),
+                    }
                 }
             }
             self.records += page.records.len();

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use super::leases::Leases;
-use super::records::{record_event, RecordError};
+use super::records::{record_events, RecordError};
 use super::shard_reader::{Page, ShardReader};
 use super::{classify, KinesisError};
 use crate::apply::batch::{Batch, ShardPosition};
@@ -276,16 +276,20 @@ impl BatchSource for Shards {
             let lake = wh.lake().cloned();
             for r in &page.records {
                 let cap = self.cfg.oversized_max_bytes;
-                match record_event(wh, lake.as_ref(), &self.cfg.stream, &shard, r, cap).await? {
-                    Ok(ev) => {
-                        batch.newest_commit_ts_us = Some(
-                            batch
-                                .newest_commit_ts_us
-                                .map_or(ev.commit_ts_us, |t| t.max(ev.commit_ts_us)),
-                        );
-                        batch.events.push(ev);
+                for got in
+                    record_events(wh, lake.as_ref(), &self.cfg.stream, &shard, r, cap).await?
+                {
+                    match got {
+                        Ok(ev) => {
+                            batch.newest_commit_ts_us = Some(
+                                batch
+                                    .newest_commit_ts_us
+                                    .map_or(ev.commit_ts_us, |t| t.max(ev.commit_ts_us)),
+                            );
+                            batch.events.push(ev);
+                        }
+                        Err(reject) => batch.rejects.push(reject),
                     }
-                    Err(reject) => batch.rejects.push(reject),
                 }
             }
             // The lease may have passed since the pass began: then the shard is not ours.

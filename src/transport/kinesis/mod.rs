@@ -1,6 +1,7 @@
 //! Kinesis Data Streams: the producer of `stream --sink kinesis` and the consumers of
 //! `consume`, through aws-sdk-kinesis with the standard AWS configuration.
 
+pub mod aggregate;
 pub mod consumer;
 pub mod leases;
 pub mod producer;
@@ -39,7 +40,7 @@ impl crate::fix::Fix for KinesisError {
     fn fix(&self) -> Option<String> {
         Some(match self {
             KinesisError::NoStream { .. } => "create it (terraform/ creates one), or fix `kinesis-stream` and the AWS region (AWS_REGION)".into(),
-            KinesisError::Denied { .. } => "grant the role kinesis:DescribeStreamSummary, kinesis:PutRecords (stream) or kinesis:ListShards, kinesis:GetShardIterator, kinesis:GetRecords (consume), or fix the AWS credentials".into(),
+            KinesisError::Denied { .. } => "grant the role kinesis:DescribeStreamSummary, kinesis:ListShards, kinesis:PutRecords (stream) or kinesis:ListShards, kinesis:GetShardIterator, kinesis:GetRecords (consume), or fix the AWS credentials".into(),
             KinesisError::Unreachable { .. } => "check AWS_ENDPOINT_URL, AWS_REGION and the network".into(),
             KinesisError::Store(e) => return e.fix(),
             KinesisError::Transient(_) | KinesisError::Other(_) => return None,

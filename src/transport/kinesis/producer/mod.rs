@@ -14,6 +14,8 @@
 //! acknowledged only once every request that was in flight when its answer came has answered
 //! too (only those can collide with it), and records that shared a number are sent again.
 
+mod packing;
+pub mod shard_map;
 mod verifying;
 
 use std::collections::{BTreeSet, HashSet, VecDeque};
@@ -27,13 +29,14 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::{
-    classify, partition_key, KinesisError, MAX_RECORD_BYTES, MAX_REQUEST_BYTES, MAX_REQUEST_RECORDS,
-};
+use super::aggregate::hash_key;
+use super::{classify, partition_key, KinesisError, MAX_RECORD_BYTES};
 use crate::channel::{Acker, Item, ItemKind};
 use crate::event::json::write_envelope;
 use crate::event::ChangeEvent;
 use crate::lake::{position_name, Store};
+use packing::{take_request, Part, Rec};
+use shard_map::ShardMap;
 use verifying::Verifying;
 
 #[derive(Clone)]
@@ -48,12 +51,19 @@ pub struct ProducerConfig {
     pub oversize: Option<Store>,
     /// Records waiting to be sent at most (backpressure to capture beyond it).
     pub max_pending: usize,
+    /// Pack events bound for one shard into one record (the KPL aggregation format).
+    pub aggregation: bool,
 }
 
 /// Counters shared with metrics.
 #[derive(Debug, Default)]
 pub struct ProducerStats {
+    /// Kinesis records acknowledged (several events each when aggregated).
     pub records: AtomicU64,
+    /// Events acknowledged.
+    pub events: AtomicU64,
+    /// PUT payload units of the acknowledged records (25 KiB each, rounded up per record).
+    pub payload_units: AtomicU64,
     pub bytes: AtomicU64,
     pub requests: AtomicU64,
     pub throttled: AtomicU64,
@@ -66,14 +76,8 @@ pub struct ProducerStats {
     pub put_us: AtomicU64,
 }
 
-struct Rec {
-    seqno: u64,
-    key: String,
-    data: Bytes,
-    /// The event's share of the channel's byte budget, given back only when the record is
-    /// acknowledged: records waiting for a retry count against `channel-max-bytes` too.
-    budget: Option<tokio::sync::OwnedSemaphorePermit>,
-}
+/// The unit Kinesis bills a PUT by: 25 KiB, a record's size rounded up.
+const PAYLOAD_UNIT: u64 = 25 * 1024;
 
 /// One entry's answer: where Kinesis stored it (shard, sequence number), or its error code.
 type Answer = Result<(String, String), String>;
@@ -81,13 +85,13 @@ type Answer = Result<(String, String), String>;
 /// A finished request: its id, its records, their answers, and how long it took.
 type Sent = (u64, Vec<Rec>, Result<Vec<Answer>, KinesisError>, Duration);
 
-/// The record of an event: its envelope, or a pointer to where an oversized one was stored.
+/// The record data of an event: its envelope, or a pointer to where an oversized one was stored.
 async fn record_of(
     ev: &ChangeEvent,
     seqno: u64,
     cfg: &ProducerConfig,
     stats: &ProducerStats,
-) -> Result<Rec, KinesisError> {
+) -> Result<Part, KinesisError> {
     let mut data = Vec::with_capacity(512);
     write_envelope(&mut data, ev, &cfg.database);
     let table = ev.table.qualified_name();
@@ -125,8 +129,9 @@ async fn record_of(
         }
         data = serde_json::to_vec(&v).map_err(|e| KinesisError::Other(e.to_string()))?;
     }
-    Ok(Rec {
+    Ok(Part {
         seqno,
+        hash: hash_key(&key),
         key,
         data: Bytes::from(data),
         budget: None,
@@ -147,6 +152,7 @@ async fn put_records(
         let entry = PutRecordsRequestEntry::builder()
             .data(Blob::new(r.data.to_vec()))
             .partition_key(r.key.clone())
+            .set_explicit_hash_key(r.explicit_hash_key.clone())
             .build()
             .map_err(|e| KinesisError::Other(format!("building a PutRecords entry: {e}")))?;
         entries.push(entry);
@@ -204,7 +210,7 @@ pub async fn run(
     stats: Arc<ProducerStats>,
 ) -> Result<(), KinesisError> {
     let m = crate::metrics::get();
-    let mut pending: VecDeque<Rec> = VecDeque::new();
+    let mut pending: VecDeque<Part> = VecDeque::new();
     let mut outstanding: BTreeSet<u64> = BTreeSet::new();
     let mut inflight_keys: HashSet<String> = HashSet::new();
     let mut inflight: JoinSet<Sent> = JoinSet::new();
@@ -216,38 +222,28 @@ pub async fn run(
     let mut open = true;
     let mut backoff = crate::retry::Backoff::new();
     let mut pause_until: Option<tokio::time::Instant> = None;
+    // The open shards, when aggregating; read again after Kinesis placed a record elsewhere.
+    let mut map: Option<ShardMap> = None;
+    let mut map_stale = false;
 
     loop {
         // Send what can be sent.
         let paused = pause_until.is_some_and(|t| tokio::time::Instant::now() < t);
         while !paused && inflight.len() < cfg.concurrency.max(1) && !pending.is_empty() {
-            let mut taken: Vec<Rec> = Vec::new();
-            let mut kept: VecDeque<Rec> = VecDeque::with_capacity(pending.len());
-            let mut scanned: HashSet<String> = HashSet::new();
-            let mut bytes = 0;
-            while let Some(r) = pending.pop_front() {
-                let size = r.data.len() + r.key.len();
-                let free = !inflight_keys.contains(&r.key) && !scanned.contains(&r.key);
-                scanned.insert(r.key.clone());
-                if free && taken.len() < MAX_REQUEST_RECORDS && bytes + size <= MAX_REQUEST_BYTES {
-                    bytes += size;
-                    taken.push(r);
-                } else {
-                    kept.push_back(r);
-                }
-                if taken.len() >= MAX_REQUEST_RECORDS
-                    || bytes >= MAX_REQUEST_BYTES - MAX_RECORD_BYTES
-                {
-                    break;
-                }
+            if cfg.aggregation && (map.is_none() || map_stale) {
+                map = Some(ShardMap::read(&client, &cfg.stream, &cfg.region).await?);
+                map_stale = false;
+                tracing::debug!(
+                    shards = map.as_ref().map_or(0, ShardMap::len),
+                    "read the stream's shard map"
+                );
             }
-            kept.extend(pending.drain(..));
-            pending = kept;
+            let taken = take_request(&mut pending, &inflight_keys, map.as_ref());
             if taken.is_empty() {
                 break;
             }
-            for r in &taken {
-                inflight_keys.insert(r.key.clone());
+            for p in taken.iter().flat_map(|r| &r.parts) {
+                inflight_keys.insert(p.key.clone());
             }
             stats
                 .inflight
@@ -275,6 +271,8 @@ pub async fn run(
             acker.ack(last_seen);
             tracing::info!(
                 records = stats.records.load(Ordering::Relaxed),
+                events = stats.events.load(Ordering::Relaxed),
+                payload_units = stats.payload_units.load(Ordering::Relaxed),
                 bytes = stats.bytes.load(Ordering::Relaxed),
                 requests = stats.requests.load(Ordering::Relaxed),
                 failed_entries = stats.failed_records.load(Ordering::Relaxed),
@@ -287,10 +285,10 @@ pub async fn run(
                 Some(mut item) => {
                     last_seen = item.seqno;
                     if let ItemKind::Change(ev) = &item.kind {
-                        let mut rec = record_of(ev, item.seqno, &cfg, &stats).await?;
-                        rec.budget = item.permit.take();
+                        let mut part = record_of(ev, item.seqno, &cfg, &stats).await?;
+                        part.budget = item.permit.take();
                         outstanding.insert(item.seqno);
-                        pending.push_back(rec);
+                        pending.push_back(part);
                     }
                     // Take what is queued without waiting, up to a full request.
                     while pending.len() < cfg.max_pending.max(1) {
@@ -298,10 +296,10 @@ pub async fn run(
                             Ok(mut item) => {
                                 last_seen = item.seqno;
                                 if let ItemKind::Change(ev) = &item.kind {
-                                    let mut rec = record_of(ev, item.seqno, &cfg, &stats).await?;
-                                    rec.budget = item.permit.take();
+                                    let mut part = record_of(ev, item.seqno, &cfg, &stats).await?;
+                                    part.budget = item.permit.take();
                                     outstanding.insert(item.seqno);
-                                    pending.push_back(rec);
+                                    pending.push_back(part);
                                 }
                             }
                             Err(_) => break,
@@ -334,13 +332,21 @@ pub async fn run(
                 let total = sent.len();
                 // Requests spawned so far may have been served while this one was.
                 let gate = next_request.saturating_sub(1);
-                let mut failed: Vec<Rec> = Vec::new();
+                // The events of the records to send again, and how many records they were.
+                let mut failed: Vec<Part> = Vec::new();
+                let mut failed_records = 0;
                 let mut throttled = false;
                 let mut stored = 0;
                 for (r, answer) in sent.into_iter().zip(answers) {
                     match answer {
                         Ok(at) => {
                             stored += 1;
+                            if r.shard.as_ref().is_some_and(|planned| *planned != at.0) {
+                                // Resharded: the map is read again before the next request.
+                                // This record's events stay where Kinesis put them.
+                                tracing::info!(planned = ?r.shard, stored = %at.0, "Kinesis stored a record in another shard than the shard map said: reading the map again");
+                                map_stale = true;
+                            }
                             let again = verifying.hold(gate, r, at);
                             if !again.is_empty() {
                                 stats.collisions.fetch_add(1, Ordering::Relaxed);
@@ -349,17 +355,22 @@ pub async fn run(
                                     "Kinesis acknowledged two records with one sequence number, so it kept only one of them (an emulator that serves PutRecords concurrently without a lock does this; the real service never does): both are sent again"
                                 );
                                 for t in again {
-                                    inflight_keys.remove(&t.key);
-                                    failed.push(t);
+                                    for p in &t.parts {
+                                        inflight_keys.remove(&p.key);
+                                    }
+                                    failed.extend(t.parts);
                                 }
                             }
                         }
                         Err(code) => {
-                            inflight_keys.remove(&r.key);
+                            for p in &r.parts {
+                                inflight_keys.remove(&p.key);
+                            }
                             throttled |= code.contains("Throughput") || code.contains("failed");
                             stats.failed_records.fetch_add(1, Ordering::Relaxed);
                             m.kinesis_failed_records_total.inc();
-                            failed.push(r);
+                            failed_records += 1;
+                            failed.extend(r.parts);
                         }
                     }
                 }
@@ -373,7 +384,7 @@ pub async fn run(
                     }
                     // Some entries went through: the stream has room, retry soon. None did:
                     // back off exponentially (with jitter).
-                    let delay = if stored > 0 || failed.len() < total {
+                    let delay = if stored > 0 || failed_records < total {
                         Duration::from_millis(20) + crate::retry::jitter(Duration::from_millis(80))
                     } else {
                         backoff.next_delay().min(Duration::from_secs(5))
@@ -382,7 +393,7 @@ pub async fn run(
                     pause_until = Some(tokio::time::Instant::now() + delay);
                     // Back in front, in their order: their keys stay blocked until they go.
                     failed.sort_by_key(|r| r.seqno);
-                    let mut merged: VecDeque<Rec> = VecDeque::with_capacity(pending.len() + failed.len());
+                    let mut merged: VecDeque<Part> = VecDeque::with_capacity(pending.len() + failed.len());
                     let mut rest = std::mem::take(&mut pending).into_iter().peekable();
                     for f in failed {
                         while rest.peek().is_some_and(|p| p.seqno < f.seqno) {
@@ -396,12 +407,17 @@ pub async fn run(
                     pending = merged;
                 }
                 for r in verifying.release(running.first().copied()) {
-                    inflight_keys.remove(&r.key);
-                    outstanding.remove(&r.seqno);
-                    let size = (r.data.len() + r.key.len()) as u64;
+                    for p in &r.parts {
+                        inflight_keys.remove(&p.key);
+                        outstanding.remove(&p.seqno);
+                    }
+                    let size = r.size() as u64;
                     stats.records.fetch_add(1, Ordering::Relaxed);
+                    stats.events.fetch_add(r.parts.len() as u64, Ordering::Relaxed);
+                    stats.payload_units.fetch_add(size.div_ceil(PAYLOAD_UNIT), Ordering::Relaxed);
                     stats.bytes.fetch_add(size, Ordering::Relaxed);
                     m.kinesis_records_total.inc();
+                    m.kinesis_events_total.inc_by(r.parts.len() as u64);
                     m.kinesis_bytes_total.inc_by(size);
                 }
                 let watermark = outstanding.first().map_or(last_seen, |s| s - 1);

@@ -87,12 +87,13 @@ mod tests {
     use super::*;
 
     fn rec(seqno: u64) -> Rec {
-        Rec {
+        Rec::single(super::super::Part {
             seqno,
             key: format!("k{seqno}"),
+            hash: 0,
             data: Bytes::from_static(b"{}"),
             budget: None,
-        }
+        })
     }
 
     fn at(seq: &str) -> (String, String) {

@@ -38,6 +38,7 @@ async fn capture_all(pg: &PgCluster, db: &str, until: Lsn) -> Vec<ChangeEvent> {
         state_dir: support::temp_dir("bench-apply"),
         snapshot: SnapshotMode::Never,
         snapshot_parallelism: 1,
+        snapshot_chunk_pages: 4096,
         heartbeat: None,
         status_interval: Duration::from_millis(200),
         buffer_events: 4096,

@@ -6,3 +6,4 @@ cd "$(dirname "$0")/.."
 cargo bench --bench capture -- --write
 cargo bench --bench apply -- --write
 cargo bench --bench kinesis -- --write
+cargo bench --bench snapshot -- --write

@@ -57,6 +57,8 @@ pub struct CaptureConfig {
     pub state_dir: PathBuf,
     pub snapshot: SnapshotMode,
     pub snapshot_parallelism: usize,
+    /// A table of at least twice this many pages is copied in pieces.
+    pub snapshot_chunk_pages: u32,
     /// Interval of the transactional heartbeat; `None` turns it off.
     pub heartbeat: Option<Duration>,
     /// How often confirmed positions are reported to the server.
@@ -163,6 +165,7 @@ pub async fn run(
                     consistent_point: cp,
                     attempt: 0,
                     parallelism: cfg.snapshot_parallelism,
+                    chunk_pages: cfg.snapshot_chunk_pages,
                 };
                 run_snapshot(job, &mut sink, &state_file, &mut state, &stats).await?;
             }
@@ -222,6 +225,7 @@ pub async fn run(
                         consistent_point: cp,
                         attempt: state.attempt,
                         parallelism: cfg.snapshot_parallelism,
+                        chunk_pages: cfg.snapshot_chunk_pages,
                     };
                     run_snapshot(job, &mut sink, &state_file, &mut state, &stats).await?;
                     // Ends the temporary slot's session (and so the slot).

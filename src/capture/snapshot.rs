@@ -1,6 +1,8 @@
 //! The initial snapshot: every replicated table copied under one consistent snapshot (the one
-//! the slot exported, so the stream continues exactly where the copy ends), several tables at
-//! a time, each row sent as an `r` event carrying the consistent point.
+//! the slot exported, so the stream continues exactly where the copy ends), several pieces at a
+//! time, each row sent as an `r` event carrying the consistent point. A large table is split
+//! into ranges of its heap pages (a TID range scan each), copied in parallel under the same
+//! snapshot, so one big table is not copied by one connection alone.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -29,11 +31,90 @@ pub struct SnapshotJob {
     /// 0 for the slot's exported snapshot, counting up with each redo.
     pub attempt: u32,
     pub parallelism: usize,
+    /// A table of at least twice this many pages is copied in pieces.
+    pub chunk_pages: u32,
 }
 
 enum SnapMsg {
     Row(ChangeEvent),
-    TableDone { table: String, rows: u64 },
+    PieceDone { table: String, rows: u64 },
+}
+
+/// Most pieces of one table.
+const MAX_CHUNKS: i64 = 64;
+
+/// A piece of a table's copy: all of it, or a range of its heap pages.
+struct Piece {
+    table: Arc<TableSchema>,
+    /// First page, and the page after the last (`None`: to the end, so rows on pages added
+    /// after the plan are not missed).
+    pages: Option<(i64, Option<i64>)>,
+    /// The row number its first row takes: the first page times the most tuples a page can
+    /// hold, so the pieces of a table never share a position.
+    first_row: u32,
+}
+
+/// Splits the tables into pieces: a plain table of `2 × chunk_pages` pages or more into ranges
+/// of pages (a few per worker), anything else whole.
+async fn plan(
+    url: &PgUrl,
+    tables: &[Arc<TableSchema>],
+    workers: usize,
+    chunk_pages: u32,
+) -> Result<Vec<Piece>, CaptureError> {
+    let whole = |t: &Arc<TableSchema>| Piece {
+        table: t.clone(),
+        pages: None,
+        first_row: 0,
+    };
+    if workers < 2 {
+        return Ok(tables.iter().map(whole).collect());
+    }
+    let client = url.connect().await?;
+    let block: i64 = client
+        .query_one("SELECT current_setting('block_size')::bigint", &[])
+        .await
+        .map_err(|e| url.query_error("reading the block size", e))?
+        .get(0);
+    // MaxHeapTuplesPerPage: (block size - page header) / (aligned tuple header + line pointer).
+    let per_page = ((block - 24) / 28).max(1);
+    let mut pieces = Vec::new();
+    for t in tables {
+        let row = client
+            .query_opt(
+                "SELECT c.relkind::text, pg_relation_size(c.oid) FROM pg_class c \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2",
+                &[&t.schema, &t.name],
+            )
+            .await
+            .map_err(|e| url.query_error(format!("sizing {}", t.qualified_name()), e))?;
+        let Some(row) = row else {
+            pieces.push(whole(t));
+            continue;
+        };
+        let kind: String = row.get(0);
+        let pages = row.get::<_, i64>(1) / block;
+        let chunks = (pages / i64::from(chunk_pages.max(1)))
+            .min(workers as i64 * 4)
+            .min(MAX_CHUNKS);
+        // Positions count rows in 31 bits: past that the table is copied whole (as before).
+        if kind != "r" || chunks < 2 || pages.saturating_mul(per_page) >= i32::MAX as i64 {
+            pieces.push(whole(t));
+            continue;
+        }
+        let step = (pages + chunks - 1) / chunks;
+        for i in 0..chunks {
+            let first = i * step;
+            let last = i + 1 == chunks;
+            pieces.push(Piece {
+                table: t.clone(),
+                pages: Some((first, (!last).then_some(first + step))),
+                first_row: u32::try_from(first * per_page).unwrap_or(u32::MAX),
+            });
+        }
+        tracing::info!(table = %t.qualified_name(), pages, pieces = chunks, "large table: copied in pieces of {step} pages, in parallel");
+    }
+    Ok(pieces)
 }
 
 /// Copies the tables into `sink`, recording each table in `state` once all its rows are
@@ -46,10 +127,40 @@ pub async fn run_snapshot(
     stats: &super::stream::CaptureStats,
 ) -> Result<(), CaptureError> {
     let ts = crate::event::now_us();
-    let queue = Arc::new(Mutex::new(
-        job.tables.iter().cloned().collect::<VecDeque<_>>(),
-    ));
-    let workers = job.parallelism.clamp(1, job.tables.len().max(1));
+    let pieces = plan(
+        &job.url,
+        &job.tables,
+        job.parallelism.max(1),
+        job.chunk_pages,
+    )
+    .await?;
+    // Pieces left per table, and the rows copied so far.
+    let mut left: std::collections::HashMap<String, (usize, u64)> = Default::default();
+    for p in &pieces {
+        left.entry(p.table.qualified_name()).or_default().0 += 1;
+    }
+    // The copy replaces what each table held: a truncate before its rows (and after every
+    // change older than the slot) tells downstream that rows not read again are gone. On a
+    // first snapshot it finds nothing; after `resync` it removes rows deleted meanwhile. Sent
+    // first, so it precedes the rows of every piece.
+    for table in &job.tables {
+        let marker = ChangeEvent {
+            op: Op::Truncate,
+            position: Position::snapshot_truncate(job.consistent_point, job.attempt),
+            xid: None,
+            commit_ts_us: ts,
+            key: None,
+            table: table.clone(),
+            before: None,
+            after: None,
+        };
+        sink.send(ItemKind::Change(marker))
+            .await
+            .map_err(|e| CaptureError::Sink(e.to_string()))?;
+    }
+    let workers = job.parallelism.clamp(1, pieces.len().max(1));
+    let piece_count = pieces.len();
+    let queue = Arc::new(Mutex::new(pieces.into_iter().collect::<VecDeque<_>>()));
     let (tx, mut rx) = mpsc::channel::<SnapMsg>(1024);
     let mut handles = Vec::new();
     for _ in 0..workers {
@@ -66,6 +177,7 @@ pub async fn run_snapshot(
     drop(tx);
     tracing::info!(
         tables = job.tables.len(),
+        pieces = piece_count,
         workers,
         consistent_point = %job.consistent_point,
         exported = job.snapshot_name.is_some(),
@@ -95,11 +207,16 @@ pub async fn run_snapshot(
                         .await
                         .map_err(|e| CaptureError::Sink(e.to_string()))?;
                 }
-                Some(SnapMsg::TableDone { table, rows }) => {
-                    tracing::info!(%table, rows, "snapshot of table copied");
-                    remaining -= 1;
-                    m.snapshot_tables_remaining.set(remaining);
-                    finishing.push((table, sink.last_sent()));
+                Some(SnapMsg::PieceDone { table, rows }) => {
+                    let Some(entry) = left.get_mut(&table) else { continue };
+                    entry.0 -= 1;
+                    entry.1 += rows;
+                    if entry.0 == 0 {
+                        tracing::info!(%table, rows = entry.1, "snapshot of table copied");
+                        remaining -= 1;
+                        m.snapshot_tables_remaining.set(remaining);
+                        finishing.push((table, sink.last_sent()));
+                    }
                 }
                 None => open = false,
             },
@@ -143,7 +260,7 @@ async fn copy_worker(
     cp: Lsn,
     attempt: u32,
     ts: i64,
-    queue: Arc<Mutex<VecDeque<Arc<TableSchema>>>>,
+    queue: Arc<Mutex<VecDeque<Piece>>>,
     tx: mpsc::Sender<SnapMsg>,
 ) -> Result<(), CaptureError> {
     let client = url.connect().await?;
@@ -159,37 +276,32 @@ async fn copy_worker(
     }
     loop {
         let next = queue.lock().ok().and_then(|mut q| q.pop_front());
-        let Some(table) = next else { break };
+        let Some(Piece {
+            table,
+            pages,
+            first_row,
+        }) = next
+        else {
+            break;
+        };
         let cols: Vec<String> = table.columns.iter().map(|c| quote_ident(&c.name)).collect();
         let order: Vec<String> = table.key.iter().map(|&i| cols[i].clone()).collect();
+        let filter = match pages {
+            // A TID range scan reads only these pages.
+            Some((first, Some(end))) => {
+                format!(" WHERE ctid >= '({first},0)'::tid AND ctid < '({end},0)'::tid")
+            }
+            Some((first, None)) => format!(" WHERE ctid >= '({first},0)'::tid"),
+            None if order.is_empty() => String::new(),
+            None => format!(" ORDER BY {}", order.join(", ")),
+        };
         let sql = format!(
-            "COPY (SELECT {} FROM {}.{}{}) TO STDOUT",
+            "COPY (SELECT {} FROM {}.{}{filter}) TO STDOUT",
             cols.join(", "),
             quote_ident(&table.schema),
             quote_ident(&table.name),
-            if order.is_empty() {
-                String::new()
-            } else {
-                format!(" ORDER BY {}", order.join(", "))
-            }
         );
         let name = table.qualified_name();
-        // The copy replaces what the table held: a truncate before its rows (and after every
-        // change older than the slot) tells downstream that rows not read again are gone. On
-        // a first snapshot it finds nothing; after `resync` it removes rows deleted meanwhile.
-        let marker = ChangeEvent {
-            op: Op::Truncate,
-            position: Position::snapshot_truncate(cp, attempt),
-            xid: None,
-            commit_ts_us: ts,
-            key: None,
-            table: table.clone(),
-            before: None,
-            after: None,
-        };
-        if tx.send(SnapMsg::Row(marker)).await.is_err() {
-            return Ok(());
-        }
         let stream = client
             .copy_out(sql.as_str())
             .await
@@ -213,7 +325,7 @@ async fn copy_worker(
                 }
                 let ev = ChangeEvent {
                     op: Op::Read,
-                    position: Position::snapshot(cp, attempt, rows),
+                    position: Position::snapshot(cp, attempt, first_row.saturating_add(rows)),
                     xid: None,
                     commit_ts_us: ts,
                     key: Some(key),
@@ -227,7 +339,7 @@ async fn copy_worker(
                 }
             }
         }
-        let done = SnapMsg::TableDone {
+        let done = SnapMsg::PieceDone {
             table: name,
             rows: rows as u64,
         };

@@ -20,6 +20,7 @@ pub fn capture_config(source: &SourceArgs, capture: &CaptureArgs) -> Result<Capt
         state_dir: capture.state_dir.clone(),
         snapshot: capture.snapshot,
         snapshot_parallelism: capture.snapshot_parallelism,
+        snapshot_chunk_pages: capture.snapshot_chunk_pages,
         heartbeat: (!capture.heartbeat_interval.is_zero()).then_some(capture.heartbeat_interval),
         status_interval: capture.status_interval,
         // The replication library buffers raw messages by count: kept small, since one message

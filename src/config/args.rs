@@ -179,9 +179,14 @@ pub struct CaptureArgs {
     #[arg(long, env = "TOTES_CDC_SNAPSHOT", default_value = "initial")]
     pub snapshot: SnapshotMode,
 
-    /// Tables copied at once during the snapshot.
+    /// Connections copying at once during the snapshot (tables, or pieces of a large table).
     #[arg(long, env = "TOTES_CDC_SNAPSHOT_PARALLELISM", default_value_t = 2)]
     pub snapshot_parallelism: usize,
+
+    /// A table of at least twice this many heap pages (8 KiB each) is copied in pieces of pages,
+    /// in parallel under the same snapshot.
+    #[arg(long, env = "TOTES_CDC_SNAPSHOT_CHUNK_PAGES", default_value_t = 4096)]
+    pub snapshot_chunk_pages: u32,
 
     /// Interval of the transactional heartbeat that keeps the slot moving on an idle database
     /// (`0` turns it off).

@@ -37,6 +37,7 @@ async fn capture_all(
         state_dir: state.to_path_buf(),
         snapshot: SnapshotMode::Initial,
         snapshot_parallelism: 2,
+        snapshot_chunk_pages: 4096,
         heartbeat: Some(Duration::from_millis(200)),
         status_interval: Duration::from_millis(200),
         buffer_events: 256,

@@ -4,11 +4,14 @@ WITH versions AS MATERIALIZED (
     SELECT b.*, totes_cdc.is_date(b.agreed_delivery_date) AS delivery_ok,
            totes_cdc.is_date(b.agreed_payment_date) AS payment_ok
     -- _redone counts the batch's snapshot rows of the same key 1 to 63 bytes above: a
-    -- window over the sorted batch, not a self-join (quadratic in the batch's size).
-    FROM (SELECT *, count(*) FILTER (WHERE _op = 'r') OVER (
+    -- window over the sorted snapshot rows only, not a self-join (quadratic in the
+    -- batch's size); a streaming batch sorts nothing.
+    FROM (SELECT *, 0::bigint AS _redone FROM batch_purchase_order WHERE _op <> 'r'
+          UNION ALL
+          SELECT *, count(*) OVER (
               PARTITION BY purchase_order_id ORDER BY _lsn - '0/0'::pg_lsn
-              RANGE BETWEEN 1 FOLLOWING AND 63 FOLLOWING) AS _redone
-          FROM batch_purchase_order) b
+              RANGE BETWEEN 1 FOLLOWING AND 63 FOLLOWING)
+          FROM batch_purchase_order WHERE _op = 'r') b
     WHERE b._op IN ('r', 'c', 'u')
       -- A snapshot row copied again by a redo (see 20_fact_sales_order.sql) is no new version.
       AND NOT (b._op = 'r' AND (

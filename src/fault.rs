@@ -14,6 +14,8 @@ pub enum Point {
     AfterLakeWrite,
     /// A batch is committed in the warehouse, its lake files not yet published.
     BeforeLakePublish,
+    /// A row of the initial snapshot is about to be sent downstream.
+    SnapshotRow,
 }
 
 impl Point {
@@ -23,6 +25,7 @@ impl Point {
             Point::AfterCommit => "after-commit",
             Point::AfterLakeWrite => "after-lake-write",
             Point::BeforeLakePublish => "before-lake-publish",
+            Point::SnapshotRow => "snapshot-row",
         }
     }
 }

@@ -30,7 +30,7 @@ use crate::channel::SinkSender;
 use crate::event::Lsn;
 use crate::pg::{sqlstate_of, PgUrl};
 use catalog::{Catalog, TableName};
-use snapshot::{run_snapshot, SnapshotJob};
+use snapshot::{run_snapshot, SnapshotEnd, SnapshotJob};
 use state::{SnapshotState, StateFile};
 use stream::{CaptureStats, SessionEnd, SessionError, Streamer};
 
@@ -166,8 +166,22 @@ pub async fn run(
                     attempt: 0,
                     parallelism: cfg.snapshot_parallelism,
                     chunk_pages: cfg.snapshot_chunk_pages,
+                    drain_timeout: cfg.drain_timeout,
                 };
-                run_snapshot(job, &mut sink, &state_file, &mut state, &stats).await?;
+                let end = run_snapshot(
+                    job,
+                    &mut sink,
+                    &state_file,
+                    &mut state,
+                    &stats,
+                    &mut shutdown,
+                )
+                .await?;
+                if let SnapshotEnd::Interrupted { tables_left } = end {
+                    client.abort();
+                    snapshot_interrupted(tables_left);
+                    return Ok(());
+                }
             }
             client
                 .start()
@@ -226,10 +240,23 @@ pub async fn run(
                         attempt: state.attempt,
                         parallelism: cfg.snapshot_parallelism,
                         chunk_pages: cfg.snapshot_chunk_pages,
+                        drain_timeout: cfg.drain_timeout,
                     };
-                    run_snapshot(job, &mut sink, &state_file, &mut state, &stats).await?;
+                    let end = run_snapshot(
+                        job,
+                        &mut sink,
+                        &state_file,
+                        &mut state,
+                        &stats,
+                        &mut shutdown,
+                    )
+                    .await?;
                     // Ends the temporary slot's session (and so the slot).
                     drop(exported);
+                    if let SnapshotEnd::Interrupted { tables_left } = end {
+                        snapshot_interrupted(tables_left);
+                        return Ok(());
+                    }
                 } else if !state.complete {
                     state.complete = true;
                     state_file.store(&state)?;
@@ -351,6 +378,15 @@ pub async fn run(
     }
     monitor.abort();
     result
+}
+
+/// Shutdown during the initial snapshot: the slot stays where it was created, and the next start
+/// copies the tables not yet done again, as they were at the consistent point.
+fn snapshot_interrupted(tables_left: usize) {
+    tracing::info!(
+        tables_left,
+        "shutdown: the initial snapshot stopped; the next start copies the unfinished tables again"
+    );
 }
 
 /// Which tables still need copying: all of them unless a state for this slot incarnation

@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use futures_util::{pin_mut, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::redo::ChangedKeys;
 use super::state::{SnapshotState, StateFile};
@@ -33,6 +33,18 @@ pub struct SnapshotJob {
     pub parallelism: usize,
     /// A table of at least twice this many pages is copied in pieces.
     pub chunk_pages: u32,
+    /// On shutdown, how long to wait for the sink to acknowledge tables already copied.
+    pub drain_timeout: std::time::Duration,
+}
+
+/// How a snapshot ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotEnd {
+    /// Every table copied and acknowledged.
+    Complete,
+    /// Shutdown was requested: the copy stopped; tables not recorded done are copied again
+    /// (as they were at the consistent point) on the next start.
+    Interrupted { tables_left: usize },
 }
 
 enum SnapMsg {
@@ -118,14 +130,21 @@ async fn plan(
 }
 
 /// Copies the tables into `sink`, recording each table in `state` once all its rows are
-/// acknowledged; returns when every row is acknowledged.
+/// acknowledged; returns when every row is acknowledged, or soon after `shutdown` turns true
+/// (the copy of a large table can take hours; a pod's grace period is seconds).
 pub async fn run_snapshot(
     job: SnapshotJob,
     sink: &mut SinkSender,
     state_file: &StateFile,
     state: &mut SnapshotState,
     stats: &super::stream::CaptureStats,
-) -> Result<(), CaptureError> {
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<SnapshotEnd, CaptureError> {
+    if *shutdown.borrow() {
+        return Ok(SnapshotEnd::Interrupted {
+            tables_left: job.tables.len(),
+        });
+    }
     let ts = crate::event::now_us();
     let pieces = plan(
         &job.url,
@@ -192,10 +211,37 @@ pub async fn run_snapshot(
     let mut row_counters: std::collections::HashMap<String, prometheus::IntCounter> =
         std::collections::HashMap::new();
     let mut open = true;
+    // Set on shutdown: when waiting for the acknowledgement of copied tables ends.
+    let mut stopping: Option<tokio::time::Instant> = None;
     while open || !finishing.is_empty() {
         tokio::select! {
+            biased;
+            r = shutdown.changed(), if stopping.is_none() => {
+                if r.is_err() || *shutdown.borrow() {
+                    // Stop copying; what was sent is applied downstream and harmless, since
+                    // a table not recorded done is copied again from the consistent point.
+                    for h in &handles {
+                        h.abort();
+                    }
+                    rx.close();
+                    open = false;
+                    stopping = Some(tokio::time::Instant::now() + job.drain_timeout);
+                    tracing::info!(
+                        tables_left = remaining,
+                        "shutdown requested during the initial snapshot: copying stopped"
+                    );
+                }
+            }
+            _ = sleep_until_or_forever(stopping), if stopping.is_some() => {
+                tracing::warn!(
+                    "shutdown: the sink did not acknowledge the copied tables within {:?}; they are copied again on restart",
+                    job.drain_timeout
+                );
+                break;
+            }
             msg = rx.recv(), if open => match msg {
                 Some(SnapMsg::Row(ev)) => {
+                    crate::fault::point(crate::fault::Point::SnapshotRow);
                     if ev.op == Op::Read {
                         stats.snapshot_rows.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         row_counters
@@ -240,6 +286,19 @@ pub async fn run_snapshot(
             state_file.store(state)?;
         }
     }
+    if stopping.is_some() {
+        for h in handles {
+            // Aborted: a worker's error (a connection cut by the abort) means nothing now.
+            let _ = h.await;
+        }
+        let tables_left = job.tables.len().saturating_sub(
+            job.tables
+                .iter()
+                .filter(|t| state.done_tables.contains(&t.qualified_name()))
+                .count(),
+        );
+        return Ok(SnapshotEnd::Interrupted { tables_left });
+    }
     for h in handles {
         match h.await {
             Ok(r) => r?,
@@ -249,7 +308,14 @@ pub async fn run_snapshot(
     state.complete = true;
     state_file.store(state)?;
     tracing::info!("initial snapshot complete");
-    Ok(())
+    Ok(SnapshotEnd::Complete)
+}
+
+async fn sleep_until_or_forever(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

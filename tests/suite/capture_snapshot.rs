@@ -1,7 +1,8 @@
 //! The initial snapshot meets the stream exactly: rows written while the copy runs appear once
 //! in the final state, and a crash during the copy redoes only the unfinished tables. Large
 //! tables are copied in pieces of pages in parallel (`snapshot-chunk-pages`): each row once,
-//! every position distinct, and a kill inside a piece loses and doubles nothing.
+//! every position distinct, and a kill inside a piece loses and doubles nothing. SIGTERM inside
+//! the copy stops it at once; the restart finishes it.
 
 use crate::support;
 
@@ -267,6 +268,54 @@ async fn a_kill_inside_a_piece_of_a_split_table_loses_and_doubles_nothing() {
             "a row was read twice in one run"
         );
     }
+    let mut all = first.events();
+    all.extend(second.events());
+    assert_same(
+        &materialize(&all),
+        &source_state(&db, &["items", "parts", "tags"]).await,
+    );
+}
+
+/// SIGTERM inside the copy of a split table (the process frozen at a snapshot row, then
+/// terminated and resumed): the copy stops and the process exits cleanly without copying the
+/// rest, as a pod's grace period needs; the restart copies the unfinished tables again, and
+/// together the two runs give the source's state.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_inside_the_snapshot_stops_the_copy_and_the_restart_finishes_it() {
+    let pg = PgCluster::start();
+    let db = pg.create_db("snapterm").await;
+    make_tables(&db, 100_000).await;
+    let url = pg.url("snapterm");
+    let state = support::temp_dir("snapterm").to_string_lossy().into_owned();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = spawn_writer(url.clone(), stop.clone());
+    let mut a = args(&url, &state, "3");
+    a.extend(["--snapshot-chunk-pages", "40"]);
+    let mut first = Proc::spawn(&a, &[("TOTES_CDC_FAULT", "snapshot-row:30000:stop")]);
+    first.wait_log("stopping at snapshot-row", WAIT);
+    let pid = first.pid().to_string();
+    for signal in ["-TERM", "-CONT"] {
+        let sent = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    }
+    let status = first.wait(WAIT);
+    let log = first.stderr();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("the initial snapshot stopped"), "{log}");
+    assert!(!log.contains("initial snapshot complete"), "{log}");
+    let reads = first.events().iter().filter(|e| e["op"] == "r").count();
+    assert!(reads < 300_000, "the copy went on to the end: {reads} rows");
+
+    let second = Proc::spawn(&a, &[]);
+    second.wait_log("copying the unfinished tables again", WAIT);
+    second.wait_log("initial snapshot complete", WAIT);
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    let m = marker(&db).await;
+    second.wait_events("the marker", WAIT, |e| has_marker(e, m));
     let mut all = first.events();
     all.extend(second.events());
     assert_same(
